@@ -1,0 +1,159 @@
+"""phala-kms: the Python SDK for the Phala Cloud KMS API.
+
+Async first (:class:`AsyncKMSClient`), with a blocking twin (:class:`KMSClient`),
+typed frozen models, a tree of typed errors (:mod:`phala_kms.errors`), env-var
+encryption and public-key signature verification (:mod:`phala_kms.crypto`), and a
+fake of the API for tests (:mod:`phala_kms.testing`).
+
+Importing ``phala_kms`` is cheap: the HTTP and crypto stacks load on first use of
+the names that need them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .errors import (
+    APIResponseError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ClientStateError,
+    ConfigurationError,
+    ConflictError,
+    ConnectError,
+    ConnectionLostError,
+    ConnectRefusedError,
+    DNSError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    PhalaKMSError,
+    RateLimitError,
+    RedirectError,
+    ResponseValidationError,
+    ServerError,
+    SignatureVerificationError,
+    TLSError,
+    TransportError,
+    UnprocessableEntityError,
+    ValidationErrorItem,
+)
+
+if TYPE_CHECKING:
+    from ._config import DEFAULT_API_VERSION, DEFAULT_BASE_URL, ClientConfig, RetryPolicy
+    from .client import AsyncKMSClient
+    from .crypto import (
+        EnvVar,
+        encrypt_env_vars,
+        recover_env_encrypt_pubkey_signer,
+        verify_env_encrypt_public_key,
+    )
+    from .models import (
+        AppEnvEncryptPubKey,
+        KMSContract,
+        KMSContractNode,
+        KMSContractNodes,
+        KMSInfo,
+        KMSOnChainDetail,
+        NextAppID,
+        NextAppIDs,
+        OnChainDevice,
+        OnChainKMSContract,
+        OnChainOSImage,
+        Paginated,
+    )
+    from .sync import KMSClient
+
+_LAZY = {
+    "AsyncKMSClient": "client",
+    "KMSClient": "sync",
+    "ClientConfig": "_config",
+    "RetryPolicy": "_config",
+    "DEFAULT_API_VERSION": "_config",
+    "DEFAULT_BASE_URL": "_config",
+    "EnvVar": "crypto",
+    "encrypt_env_vars": "crypto",
+    "recover_env_encrypt_pubkey_signer": "crypto",
+    "verify_env_encrypt_public_key": "crypto",
+    "AppEnvEncryptPubKey": "models",
+    "KMSContract": "models",
+    "KMSContractNode": "models",
+    "KMSContractNodes": "models",
+    "KMSInfo": "models",
+    "KMSOnChainDetail": "models",
+    "NextAppID": "models",
+    "NextAppIDs": "models",
+    "OnChainDevice": "models",
+    "OnChainKMSContract": "models",
+    "OnChainOSImage": "models",
+    "Paginated": "models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'phala_kms' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = [
+    "DEFAULT_API_VERSION",
+    "DEFAULT_BASE_URL",
+    "APIResponseError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AppEnvEncryptPubKey",
+    "AsyncKMSClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientConfig",
+    "ClientStateError",
+    "ConfigurationError",
+    "ConflictError",
+    "ConnectError",
+    "ConnectRefusedError",
+    "ConnectionLostError",
+    "DNSError",
+    "EnvVar",
+    "InvalidArgumentError",
+    "KMSClient",
+    "KMSContract",
+    "KMSContractNode",
+    "KMSContractNodes",
+    "KMSInfo",
+    "KMSOnChainDetail",
+    "NextAppID",
+    "NextAppIDs",
+    "NotFoundError",
+    "OnChainDevice",
+    "OnChainKMSContract",
+    "OnChainOSImage",
+    "Paginated",
+    "PermissionDeniedError",
+    "PhalaKMSError",
+    "RateLimitError",
+    "RedirectError",
+    "ResponseValidationError",
+    "RetryPolicy",
+    "ServerError",
+    "SignatureVerificationError",
+    "TLSError",
+    "TransportError",
+    "UnprocessableEntityError",
+    "ValidationErrorItem",
+    "__version__",
+    "encrypt_env_vars",
+    "recover_env_encrypt_pubkey_signer",
+    "verify_env_encrypt_public_key",
+]

@@ -1,0 +1,201 @@
+"""Frozen client settings, resolved once from arguments and the environment."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._version import __version__
+from .errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_API_VERSION",
+    "DEFAULT_BASE_URL",
+    "ENV_API_KEY",
+    "ENV_BASE_URL",
+    "NODE_API_VERSION",
+    "ClientConfig",
+    "RetryPolicy",
+    "resolve_config",
+]
+
+DEFAULT_BASE_URL = "https://cloud-api.phala.com/api/v1"
+"""The API prefix used when neither an argument nor ``PHALA_CLOUD_API_PREFIX`` is set."""
+
+DEFAULT_API_VERSION = "2026-06-23"
+"""The ``X-Phala-Version`` sent by default (the newest version the spec knows)."""
+
+NODE_API_VERSION = "2026-05-22"
+"""The version pinned on ``GET /kms`` and ``GET /kms/{kms_id}`` to keep their node-centric shape."""
+
+ENV_API_KEY = "PHALA_CLOUD_API_KEY"
+ENV_BASE_URL = "PHALA_CLOUD_API_PREFIX"
+
+USER_AGENT = f"phala-kms/{__version__}"
+
+
+def _non_negative(name: str) -> Callable[[Any, Any, Any], None]:
+    def check(_inst: Any, _attr: Any, value: float | None) -> None:
+        if value is not None and not (value >= 0 and math.isfinite(value)):
+            raise ConfigurationError(f"{name} must be a finite number >= 0, got {value!r}")
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """When and how long to wait before retrying a failed request.
+
+    Only safe failures are retried: connection refused or lost, attempt timeouts,
+    and statuses 408, 409 without an ``error_code``, 429, 500, 502, 503, 504. The
+    wait before retry ``n`` (1-based) is::
+
+        min(max_backoff, initial_backoff * 2 ** (n - 1)) * (1 - jitter * U[0, 1))
+
+    unless the response carried ``Retry-After`` (seconds or an HTTP date): then the
+    wait is exactly that many seconds. A ``Retry-After`` longer than
+    ``max_retry_after`` is not waited for: the error is raised at once with its
+    ``retry_after`` set, so the caller can decide.
+
+    Attributes:
+        max_retries: Retries after the first attempt (0 disables retrying).
+        initial_backoff: The first backoff, in seconds.
+        max_backoff: The largest backoff, in seconds.
+        jitter: The fraction (0..1) of each backoff that is randomised away.
+        max_retry_after: The longest ``Retry-After`` honoured, in seconds.
+        deadline: An overall limit in seconds for one call, attempts and waits
+            together, or ``None`` for no limit. A wait that would end past the
+            deadline is not started, and each attempt's timeout is shortened to
+            what remains.
+    """
+
+    max_retries: int = attrs.field(default=3)
+    initial_backoff: float = attrs.field(default=0.5, validator=_non_negative("initial_backoff"))
+    max_backoff: float = attrs.field(default=8.0, validator=_non_negative("max_backoff"))
+    jitter: float = attrs.field(default=0.25)
+    max_retry_after: float = attrs.field(default=60.0, validator=_non_negative("max_retry_after"))
+    deadline: float | None = attrs.field(default=None, validator=_non_negative("deadline"))
+
+    @max_retries.validator
+    def _check_max_retries(self, _attr: object, value: int) -> None:
+        if type(value) is not int or value < 0:
+            raise ConfigurationError(f"max_retries must be an int >= 0, got {value!r}")
+
+    @jitter.validator
+    def _check_jitter(self, _attr: object, value: float) -> None:
+        if not 0 <= value <= 1:
+            raise ConfigurationError(f"jitter must be between 0 and 1, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ClientConfig:
+    """Everything a client needs to talk to the API, validated.
+
+    The API key is never part of ``repr``.
+    """
+
+    base_url: str
+    api_key: str | None = attrs.field(repr=False)
+    api_version: str
+    timeout: float
+    connect_timeout: float
+    retry: RetryPolicy
+    max_connections: int
+    max_response_bytes: int = 16 * 1024 * 1024
+    user_agent: str = USER_AGENT
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def normalize_base_url(base_url: str) -> str:
+    """Check a base URL and trim its trailing ``/``.
+
+    Raises:
+        ConfigurationError: Not an absolute ``https://`` URL (or ``http://`` to a
+            loopback host), or it carries credentials, a query or a fragment.
+    """
+    url = base_url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"base_url must be an absolute https:// URL, got {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError("base_url must not carry credentials; pass api_key instead")
+    if parts.query or parts.fragment:
+        raise ConfigurationError(f"base_url must not have a query or fragment, got {url!r}")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ConfigurationError(
+            f"refusing plain http:// to {parts.hostname!r}: the API key would travel unencrypted;"
+            " use https://, or http:// only for a loopback host such as 127.0.0.1"
+        )
+    return url
+
+
+def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigurationError(f"{name} must be > 0 seconds, got {value!r}")
+    return float(value)
+
+
+def resolve_config(
+    *,
+    api_key: str | None,
+    base_url: str | None,
+    api_version: str | None,
+    timeout: float,
+    connect_timeout: float,
+    max_retries: int,
+    retry_policy: RetryPolicy | None,
+    max_connections: int,
+) -> ClientConfig:
+    """Merge arguments with ``PHALA_CLOUD_API_KEY``/``PHALA_CLOUD_API_PREFIX`` and validate.
+
+    A missing API key is not an error here: it is raised at the first request, so
+    that a client can be built before the key is known (e.g. in tests).
+
+    Raises:
+        ConfigurationError: Any setting is unusable.
+    """
+    if api_key is None:
+        api_key = os.environ.get(ENV_API_KEY) or None
+    if api_key is not None:
+        if not isinstance(api_key, str):
+            raise ConfigurationError("api_key must be a str")
+        api_key = api_key.strip() or None
+    if base_url is None:
+        base_url = os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
+    if api_version is None:
+        api_version = DEFAULT_API_VERSION
+    if not isinstance(api_version, str) or not api_version.strip():
+        raise ConfigurationError(f"api_version must be a non-empty str, got {api_version!r}")
+    if retry_policy is None:
+        retry_policy = RetryPolicy(max_retries=max_retries)
+    elif max_retries != RetryPolicy().max_retries and max_retries != retry_policy.max_retries:
+        raise ConfigurationError(
+            "pass either max_retries or retry_policy, not both (set retry_policy.max_retries)"
+        )
+    if type(max_connections) is not int or max_connections < 1:
+        raise ConfigurationError(f"max_connections must be an int >= 1, got {max_connections!r}")
+    return ClientConfig(
+        base_url=normalize_base_url(base_url),
+        api_key=api_key,
+        api_version=api_version.strip(),
+        timeout=_positive("timeout", timeout),
+        connect_timeout=_positive("connect_timeout", connect_timeout),
+        retry=retry_policy,
+        max_connections=max_connections,
+    )

@@ -1,0 +1,223 @@
+"""Pure functions that turn an error response (status, headers, body) into our exception.
+
+No I/O and no aiohttp types: the transport hands over plain values, so every body
+form of the API can be tested directly.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from ._retry import parse_retry_after
+from .errors import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    RedirectError,
+    ServerError,
+    UnprocessableEntityError,
+    ValidationErrorItem,
+)
+
+__all__ = ["MAX_ERROR_BODY_CHARS", "decode_body_text", "make_redirect_error", "make_status_error"]
+
+MAX_ERROR_BODY_CHARS = 64 * 1024
+"""Error bodies are kept on exceptions up to this many characters."""
+
+_STATUS_CLASSES: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+_TAG = re.compile(r"<[^>]*>")
+_SPACE = re.compile(r"\s+")
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_H1 = re.compile(r"<h1[^>]*>(.*?)</h1>", re.IGNORECASE | re.DOTALL)
+
+
+def decode_body_text(body: bytes) -> str:
+    """The body as text for an exception: UTF-8 with replacement, at most 64 KiB of characters."""
+    return body[: MAX_ERROR_BODY_CHARS * 4].decode("utf-8", "replace")[:MAX_ERROR_BODY_CHARS]
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _text_message(text: str) -> str | None:
+    """A one-line message from an HTML or plain-text body."""
+    for pattern in (_TITLE, _H1):
+        match = pattern.search(text)
+        if match:
+            found = _SPACE.sub(" ", html.unescape(_TAG.sub("", match.group(1)))).strip()
+            if found:
+                return found[:200]
+    plain = _SPACE.sub(" ", html.unescape(_TAG.sub(" ", text))).strip()
+    return plain[:200] or None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _tuple(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, list) else ()
+
+
+def _validation_items(detail: list[Any]) -> tuple[ValidationErrorItem, ...]:
+    items = []
+    for entry in detail:
+        if not isinstance(entry, Mapping):
+            continue
+        loc = entry.get("loc")
+        items.append(
+            ValidationErrorItem(
+                loc=[p for p in loc if isinstance(p, (str, int))] if isinstance(loc, list) else (),
+                msg=str(entry.get("msg", "")),
+                type=str(entry.get("type", "")),
+                input=entry.get("input"),
+                ctx=entry.get("ctx") if isinstance(entry.get("ctx"), Mapping) else None,
+            )
+        )
+    return tuple(items)
+
+
+def _validation_summary(items: tuple[ValidationErrorItem, ...]) -> str | None:
+    parts = []
+    for item in items[:5]:
+        where = ".".join(str(p) for p in item.loc[1:] or item.loc)
+        parts.append(f"{where}: {item.msg}" if where else item.msg)
+    if len(items) > 5:
+        parts.append(f"and {len(items) - 5} more")
+    return "; ".join(parts) or None
+
+
+def make_status_error(
+    *,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    method: str,
+    url: str,
+    now: float,
+    attempts: int = 1,
+) -> APIStatusError:
+    """Build the exception for a 4xx/5xx response.
+
+    Reads every body form of the API (spec section 3): ``{"detail": "..."}``,
+    FastAPI's ``{"detail": [...]}``, the structured form at the top level or nested
+    under ``detail``, ``{"message": "..."}``, and HTML or plain text.
+
+    Args:
+        status: The HTTP status code (400..599).
+        headers: The response headers (case-insensitive mapping).
+        body: The raw response body.
+        method: The request method.
+        url: The request URL.
+        now: The current Unix time in seconds (for an HTTP-date ``Retry-After``).
+        attempts: How many attempts were made.
+
+    Returns:
+        An instance of the :class:`~phala_kms.errors.APIStatusError` subclass for ``status``.
+    """
+    text = decode_body_text(body)
+    message: str | None = None
+    error_code: str | None = None
+    request_id: str | None = None
+    details: tuple[Any, ...] = ()
+    suggestions: tuple[str, ...] = ()
+    links: tuple[Any, ...] = ()
+    validation: tuple[ValidationErrorItem, ...] = ()
+
+    try:
+        data: Any = json.loads(body) if body else None
+    except ValueError:
+        data = None
+        message = _text_message(text)
+    if isinstance(data, Mapping):
+        structured: Mapping[str, Any] = data
+        detail = data.get("detail")
+        if isinstance(detail, Mapping):
+            structured = detail
+        elif isinstance(detail, str):
+            message = detail
+        elif isinstance(detail, list):
+            validation = _validation_items(detail)
+            message = _validation_summary(validation)
+        error_code = _str_or_none(structured.get("error_code"))
+        request_id = _str_or_none(structured.get("request_id"))
+        message = _str_or_none(structured.get("message")) or message
+        details = _tuple(structured.get("details"))
+        suggestions = tuple(s for s in _tuple(structured.get("suggestions")) if isinstance(s, str))
+        links = tuple(x for x in _tuple(structured.get("links")) if isinstance(x, Mapping))
+    elif data is not None and message is None:
+        message = _text_message(text)
+
+    request_id = request_id or headers.get("X-Request-ID") or None
+    retry_after = parse_retry_after(headers.get("Retry-After"), now=now)
+    reason = _reason(status)
+    summary = f"{status} {reason}: {message}" if message else f"{status} {reason}"
+    facts = [f"error_code={error_code}"] if error_code else []
+    if request_id:
+        facts.append(f"request_id={request_id}")
+    if retry_after is not None:
+        facts.append(f"retry_after={retry_after:g}s")
+    full = f"{summary} ({', '.join(facts)})" if facts else summary
+    full += f" [{method} {url}]"
+    if suggestions:
+        full += f" Suggestion: {suggestions[0]}"
+
+    cls = _STATUS_CLASSES.get(status) or (ServerError if status >= 500 else APIStatusError)
+    extra: dict[str, Any] = {}
+    if cls is UnprocessableEntityError:
+        extra["validation_errors"] = validation
+    return cls(
+        full,
+        status=status,
+        method=method,
+        url=url,
+        request_id=request_id,
+        body=text,
+        attempts=attempts,
+        error_code=error_code,
+        details=details,
+        suggestions=suggestions,
+        links=links,
+        retry_after=retry_after,
+        **extra,
+    )
+
+
+def make_redirect_error(
+    *, status: int, headers: Mapping[str, str], body: bytes, method: str, url: str
+) -> RedirectError:
+    """Build the exception for a 3xx response, which is never followed."""
+    location = headers.get("Location")
+    return RedirectError(
+        f"{status} {_reason(status)}: the API redirected to {location or '(no Location)'};"
+        f" redirects are never followed because they could send the API key elsewhere."
+        f" Check base_url. [{method} {url}]",
+        status=status,
+        method=method,
+        url=url,
+        request_id=headers.get("X-Request-ID") or None,
+        body=decode_body_text(body),
+        location=location,
+    )

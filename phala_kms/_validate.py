@@ -1,0 +1,105 @@
+"""Argument checks that run before any request is sent.
+
+Each returns the value in the form the wire wants (a quoted path segment, a query
+string value) or raises :class:`~phala_kms.errors.InvalidArgumentError` naming the
+argument.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from .errors import InvalidArgumentError
+
+__all__ = ["app_id_hex", "bool_param", "int_param", "path_segment"]
+
+MAX_SEGMENT_CHARS = 256
+"""The longest id, slug or chain name accepted, in characters."""
+
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
+def app_id_hex(app_id: object, argument: str = "app_id") -> str:
+    """Normalise an app id to 40 lowercase hex characters without ``0x``.
+
+    Args:
+        app_id: 40 hex characters (20 bytes), optionally prefixed with ``0x``, either case.
+        argument: The parameter name used in the error.
+
+    Raises:
+        InvalidArgumentError: Not a str of 40 hex characters after an optional ``0x``.
+    """
+    if not isinstance(app_id, str):
+        raise InvalidArgumentError(
+            f"{argument} must be a str of 40 hex characters, got {type(app_id).__name__}",
+            argument=argument,
+        )
+    text = app_id[2:] if app_id[:2] in ("0x", "0X") else app_id
+    if len(text) != 40 or not _HEX_DIGITS.issuperset(text):
+        shown = app_id if len(app_id) <= 80 else app_id[:77] + "..."
+        raise InvalidArgumentError(
+            f"{argument} must be 40 hex characters (20 bytes), optionally prefixed with 0x;"
+            f" got {shown!r}",
+            argument=argument,
+        )
+    return text.lower()
+
+
+def path_segment(value: object, argument: str) -> str:
+    """Check a KMS id, slug, type or chain name and percent-quote it as one path segment.
+
+    Every character outside ``A-Z a-z 0-9 - . _ ~`` is quoted (``/`` included), so a
+    value can never change the request path.
+
+    Raises:
+        InvalidArgumentError: Not a str, empty or blank, ``.`` or ``..``, or longer
+            than 256 characters.
+    """
+    if not isinstance(value, str):
+        raise InvalidArgumentError(
+            f"{argument} must be a str, got {type(value).__name__}", argument=argument
+        )
+    if not value.strip():
+        raise InvalidArgumentError(f"{argument} must not be empty", argument=argument)
+    if value in (".", ".."):
+        raise InvalidArgumentError(f"{argument} must not be {value!r}", argument=argument)
+    if len(value) > MAX_SEGMENT_CHARS:
+        raise InvalidArgumentError(
+            f"{argument} is {len(value)} characters; at most {MAX_SEGMENT_CHARS} are accepted",
+            argument=argument,
+        )
+    return quote(value, safe="")
+
+
+def int_param(value: object, argument: str, low: int, high: int | None = None) -> str:
+    """Check an integer query parameter and return it as a string.
+
+    Raises:
+        InvalidArgumentError: Not an int (bools are refused) or outside ``low..high``.
+    """
+    if type(value) is not int:
+        raise InvalidArgumentError(
+            f"{argument} must be an int, got {type(value).__name__}", argument=argument
+        )
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise InvalidArgumentError(
+            f"{argument} must be {bounds}, got {value}", argument=argument
+        )
+    return str(value)
+
+
+def bool_param(value: object, argument: str) -> str | None:
+    """Check an optional boolean query parameter; ``None`` means "omit it".
+
+    Raises:
+        InvalidArgumentError: Not ``True``, ``False`` or ``None``.
+    """
+    if value is None:
+        return None
+    if type(value) is not bool:
+        raise InvalidArgumentError(
+            f"{argument} must be True, False or None, got {type(value).__name__}",
+            argument=argument,
+        )
+    return "true" if value else "false"

@@ -1,0 +1,355 @@
+"""Every exception phala-kms raises, in one tree.
+
+Catch :class:`PhalaKMSError` to catch them all. The tree separates problems found
+before anything is sent (bad settings, bad arguments, a closed client), problems
+where no usable HTTP response arrived (:class:`TransportError`), and problems with
+a response that did arrive (:class:`APIResponseError`)::
+
+    PhalaKMSError
+    ├── ConfigurationError            settings are unusable (no API key, http:// to a remote host)
+    ├── InvalidArgumentError          an argument was rejected before any request was sent
+    ├── ClientStateError              client closed, bound to another event loop, or called
+    │                                 from its own portal thread
+    ├── SignatureVerificationError    a public key's secp256k1 signature did not verify
+    ├── TransportError                no usable HTTP response (host, port)
+    │   ├── ConnectError              could not open a connection
+    │   │   ├── DNSError              the host name did not resolve
+    │   │   ├── ConnectRefusedError   the host refused the TCP connection
+    │   │   └── TLSError              TLS handshake or certificate verification failed
+    │   ├── ConnectionLostError       the connection dropped before the response was complete
+    │   └── APITimeoutError           an attempt exceeded its timeout (also a builtin TimeoutError)
+    └── APIResponseError              a response arrived but is not a usable result
+        ├── RedirectError             a 3xx (never followed: it could leak the API key)
+        ├── ResponseValidationError   a 2xx body that is not JSON or does not fit the model
+        └── APIStatusError            a 4xx or 5xx status
+            ├── BadRequestError              400
+            ├── AuthenticationError          401
+            ├── PermissionDeniedError        403
+            ├── NotFoundError                404
+            ├── ConflictError                409
+            ├── UnprocessableEntityError     422 (``validation_errors`` parsed)
+            ├── RateLimitError               429 (``retry_after`` parsed)
+            └── ServerError                  5xx
+
+Every exception keeps its data in plain attributes (no aiohttp objects), pickles,
+crosses threads, and chains the exception it wraps (``raise ... from err``). No
+message, ``str`` or ``repr`` ever includes the API key, an env-var value or a
+private key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "APIResponseError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientStateError",
+    "ConfigurationError",
+    "ConflictError",
+    "ConnectError",
+    "ConnectRefusedError",
+    "ConnectionLostError",
+    "DNSError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PhalaKMSError",
+    "RateLimitError",
+    "RedirectError",
+    "ResponseValidationError",
+    "ServerError",
+    "SignatureVerificationError",
+    "TLSError",
+    "TransportError",
+    "UnprocessableEntityError",
+    "ValidationErrorItem",
+]
+
+
+class PhalaKMSError(Exception):
+    """Root of every exception raised by phala-kms.
+
+    Attributes are set from keyword arguments, so every subclass can be rebuilt
+    from ``(message,)`` plus its ``__dict__``: that is what makes them pickle and
+    cross thread and process boundaries unchanged.
+    """
+
+    def __init__(self, message: str, **attrs: Any) -> None:
+        super().__init__(message)
+        self.__dict__.update(attrs)
+
+    @property
+    def message(self) -> str:
+        """The human-readable message (the first argument)."""
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+def _rebuild(cls: type[PhalaKMSError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, *args)
+    exc.__dict__.update(state)
+    return exc
+
+
+class ConfigurationError(PhalaKMSError, ValueError):
+    """The client's settings cannot work.
+
+    Raised by ``AsyncKMSClient``/``KMSClient`` when no API key is configured
+    (at the first request, before anything is sent), or at construction for a
+    malformed base URL, a plain ``http://`` base URL whose host is not loopback,
+    a non-positive timeout, or conflicting retry settings.
+    """
+
+
+class InvalidArgumentError(PhalaKMSError, ValueError):
+    """An argument was rejected before any request was sent or any work was done.
+
+    Attributes:
+        argument: The parameter's name, e.g. ``"app_id"``.
+    """
+
+    argument: str | None = None
+
+
+class ClientStateError(PhalaKMSError, RuntimeError):
+    """The client cannot be used in its current state.
+
+    Raised when a closed client is used, when an ``AsyncKMSClient`` is used from
+    an event loop other than the one its connection pool was created on, and
+    when a ``KMSClient`` is called from its own event-loop thread.
+    """
+
+
+class SignatureVerificationError(PhalaKMSError):
+    """A public key's signature did not prove it came from the trusted KMS.
+
+    Raised for malformed hex, wrong lengths, an unrecoverable signature, a
+    signer that is not the trusted one, and a stale or future timestamp.
+    Verification fails closed: this is raised rather than returning on any doubt.
+
+    Attributes:
+        reason: A short machine-readable reason, e.g. ``"signer_mismatch"``,
+            ``"stale_timestamp"``, ``"malformed"``.
+    """
+
+    reason: str = "invalid"
+
+
+# --------------------------------------------------------------------------- transport
+
+
+class TransportError(PhalaKMSError):
+    """No usable HTTP response arrived.
+
+    Attributes:
+        method: The HTTP method, e.g. ``"GET"``.
+        url: The request URL (it never carries the API key, which travels in a header).
+        host: The host the client tried to reach.
+        port: The TCP port the client tried to reach, or ``None`` if unknown.
+        attempts: How many attempts were made before giving up.
+    """
+
+    method: str | None = None
+    url: str | None = None
+    host: str | None = None
+    port: int | None = None
+    attempts: int = 1
+
+
+class ConnectError(TransportError):
+    """A connection to the API could not be opened."""
+
+
+class DNSError(ConnectError):
+    """The API's host name did not resolve."""
+
+
+class ConnectRefusedError(ConnectError):
+    """The host refused the TCP connection (nothing listens on that port)."""
+
+
+class TLSError(ConnectError):
+    """The TLS handshake failed, e.g. the server certificate did not verify."""
+
+
+class ConnectionLostError(TransportError):
+    """The connection was closed or reset before the whole response arrived."""
+
+
+class APITimeoutError(TransportError, TimeoutError):
+    """An attempt took longer than its timeout.
+
+    Attributes:
+        timeout: The limit that was exceeded, in seconds.
+    """
+
+    timeout: float | None = None
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class APIResponseError(PhalaKMSError):
+    """A response arrived, but it is not a usable result.
+
+    Attributes:
+        status: The HTTP status code.
+        method: The HTTP method, e.g. ``"GET"``.
+        url: The request URL.
+        request_id: The request id: the body's ``request_id`` when present, else
+            the ``X-Request-ID`` response header, else ``None``.
+        body: The raw response body decoded as UTF-8 (invalid bytes replaced),
+            truncated to 64 KiB.
+        attempts: How many attempts were made, including the one that gave this response.
+    """
+
+    status: int = 0
+    method: str | None = None
+    url: str | None = None
+    request_id: str | None = None
+    body: str = ""
+    attempts: int = 1
+
+
+class RedirectError(APIResponseError):
+    """The API answered with a 3xx redirect, which phala-kms never follows.
+
+    Following a redirect could send the ``X-API-Key`` header to another host.
+
+    Attributes:
+        location: The ``Location`` header, or ``None``.
+    """
+
+    location: str | None = None
+
+
+class ResponseValidationError(APIResponseError):
+    """A successful response whose body is not JSON or does not fit the expected model.
+
+    Attributes:
+        model: The name of the model the body was decoded into, e.g. ``"KMSInfo"``.
+        problems: One line per problem found, e.g. ``"$.items[0].url: expected str, got int"``.
+    """
+
+    model: str | None = None
+    problems: tuple[str, ...] = ()
+
+
+class ValidationErrorItem:
+    """One entry of a FastAPI 422 ``detail`` list.
+
+    Attributes:
+        loc: Where the problem is, e.g. ``("query", "page_size")``.
+        msg: What is wrong.
+        type: The validator's error type, e.g. ``"less_than_equal"``.
+        input: The rejected input as the server echoed it, or ``None``.
+        ctx: The validator's context, e.g. ``{"le": 100}``, or ``None``.
+    """
+
+    __slots__ = ("ctx", "input", "loc", "msg", "type")
+
+    def __init__(
+        self,
+        loc: Sequence[str | int],
+        msg: str,
+        type: str,
+        input: Any = None,
+        ctx: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.loc = tuple(loc)
+        self.msg = msg
+        self.type = type
+        self.input = input
+        self.ctx = ctx
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ValidationErrorItem):
+            return NotImplemented
+        return (self.loc, self.msg, self.type, self.input, self.ctx) == (
+            other.loc,
+            other.msg,
+            other.type,
+            other.input,
+            other.ctx,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ValidationErrorItem, (self.loc, self.msg, self.type, self.input, self.ctx))
+
+    def __repr__(self) -> str:
+        return f"ValidationErrorItem(loc={self.loc!r}, msg={self.msg!r}, type={self.type!r})"
+
+
+class APIStatusError(APIResponseError):
+    """The API answered with a 4xx or 5xx status.
+
+    The body is read in any of the API's forms: ``{"detail": "..."}``, FastAPI's
+    422 ``{"detail": [...]}``, the structured ``{"error_code", "message",
+    "request_id", "details", "suggestions", "links"}`` (top level or nested under
+    ``detail``), ``{"message": "..."}``, or HTML/plain text from a proxy.
+
+    Attributes:
+        error_code: The structured error code, e.g. ``"ERR-02-011"``, or ``None``.
+        details: The structured ``details`` list as sent, e.g.
+            ``({"field": "kms_id", "value": ..., "message": None},)``.
+        suggestions: The structured ``suggestions``, e.g. ``("List available KMS with GET /kms",)``.
+        links: The structured ``links`` as ``({"url": ..., "label": ...},)``.
+        retry_after: The wait the server asked for, in seconds, from ``Retry-After``, or ``None``.
+    """
+
+    error_code: str | None = None
+    details: tuple[Any, ...] = ()
+    suggestions: tuple[str, ...] = ()
+    links: tuple[Mapping[str, Any], ...] = ()
+    retry_after: float | None = None
+
+
+class BadRequestError(APIStatusError):
+    """400: the request was malformed, e.g. an unsupported chain name."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: the API key is missing or invalid."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the API key is not allowed to do this."""
+
+
+class NotFoundError(APIStatusError):
+    """404: no such KMS, contract, chain or app (``error_code`` ``ERR-02-011`` for a KMS)."""
+
+
+class ConflictError(APIStatusError):
+    """409: a conflict. Retried only when the body has no ``error_code`` (then it is transient)."""
+
+
+class UnprocessableEntityError(APIStatusError):
+    """422: the server's validation rejected a parameter.
+
+    Attributes:
+        validation_errors: The parsed FastAPI ``detail`` list.
+    """
+
+    validation_errors: tuple[ValidationErrorItem, ...] = ()
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests (``error_code`` ``ERR-05-002``); see ``retry_after``."""
+
+
+class ServerError(APIStatusError):
+    """5xx: the server or a gateway in front of it failed."""

@@ -1,0 +1,322 @@
+"""Typed, frozen results of the Phala Cloud KMS API.
+
+Every class is an immutable ``attrs`` class whose field names are the API's own.
+Nullable fields are ``Optional`` with a ``None`` default, so a field the server
+leaves out decodes the same as an explicit ``null``. Fields a newer API adds that
+this version does not know are never dropped: they are kept, as sent, in the
+``extra`` mapping of the object that carried them.
+
+Hex strings are kept as the server sent them except where noted: the public key and
+signatures of :class:`AppEnvEncryptPubKey` are normalised to lowercase hex without
+``0x`` and length-checked when decoded, because they feed cryptography.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+__all__ = [
+    "AppEnvEncryptPubKey",
+    "KMSContract",
+    "KMSContractNode",
+    "KMSContractNodes",
+    "KMSInfo",
+    "KMSOnChainDetail",
+    "NextAppID",
+    "NextAppIDs",
+    "OnChainDevice",
+    "OnChainKMSContract",
+    "OnChainOSImage",
+    "Paginated",
+]
+
+T = TypeVar("T")
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _extra() -> Any:
+    """The ``extra`` field: unknown response keys, as sent, read-only."""
+    return attrs.field(default=_EMPTY, repr=False, converter=_freeze_mapping)
+
+
+def _freeze_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    if not value:
+        return _EMPTY
+    if isinstance(value, MappingProxyType):
+        return value
+    return MappingProxyType(dict(value))
+
+
+@attrs.frozen(kw_only=True)
+class KMSInfo:
+    """One KMS node, node-centric shape (``GET /kms`` and ``GET /kms/{kms_id}`` at
+    API version ``2026-05-22``).
+
+    Attributes:
+        id: The KMS's hashed id, e.g. ``"kms_abc123def456"``.
+        url: The KMS node's RPC base URL.
+        version: The node's software version as sent (not normalised: ``"0.5.7"``,
+            ``"v0.5.7"``, ``"0.5.7-3f2a9c1"``).
+        slug: A readable name such as ``"phala"`` or ``"kms-base-prod7"``, or ``None``.
+        chain_id: The EVM chain id of its KMS contract (1 Ethereum, 8453 Base), or
+            ``None`` for the off-chain Phala KMS.
+        kms_contract_address: ``0x`` + 40 hex, case as sent, or ``None``.
+        gateway_app_id: ``0x``-prefixed hex, or ``None``.
+        k256_pubkey: The KMS root secp256k1 public key (compressed, 33 bytes as hex,
+            with or without ``0x``) that signs app keys, or ``None`` when not sent.
+        extra: Response fields this version does not know, as sent.
+    """
+
+    id: str
+    url: str
+    version: str
+    slug: str | None = None
+    chain_id: int | None = None
+    kms_contract_address: str | None = None
+    gateway_app_id: str | None = None
+    k256_pubkey: str | None = None
+    extra: Mapping[str, Any] = _extra()
+
+
+@attrs.frozen(kw_only=True)
+class Paginated(Generic[T]):
+    """One page of a paginated list.
+
+    Attributes:
+        items: The page's items, in the server's order.
+        total: How many items exist across all pages.
+        page: This page's number, from 1.
+        page_size: The requested page size (1..100).
+        pages: How many pages exist; 0 when ``total`` is 0.
+        extra: Response fields this version does not know, as sent.
+    """
+
+    items: tuple[T, ...]
+    total: int
+    page: int
+    page_size: int
+    pages: int
+    extra: Mapping[str, Any] = _extra()
+
+    @property
+    def has_next(self) -> bool:
+        """Whether a page after this one exists."""
+        return self.page < self.pages
+
+
+@attrs.frozen(kw_only=True)
+class AppEnvEncryptPubKey:
+    """The X25519 public key an app's environment variables are encrypted to
+    (``GET /kms/{kms}/pubkey/{app_id}``), with the KMS root key's signature over it.
+
+    The hex fields are normalised on decode to lowercase without ``0x`` and checked
+    for length, so ``bytes.fromhex`` on them always works.
+
+    Attributes:
+        public_key: 64 hex characters: the 32-byte X25519 public key.
+        signature: 130 hex characters: the 65-byte secp256k1 signature ``r || s || v``
+            over the legacy (untimestamped) message.
+        timestamp: Unix time in seconds at which the KMS signed ``signature_v1``, or
+            ``None`` when the server did not send one.
+        signature_v1: 130 hex characters: the signature over the timestamped message,
+            or ``None`` when not sent.
+        extra: Response fields this version does not know, as sent.
+    """
+
+    public_key: str
+    signature: str
+    timestamp: int | None = None
+    signature_v1: str | None = None
+    extra: Mapping[str, Any] = _extra()
+
+    @property
+    def public_key_bytes(self) -> bytes:
+        """The 32-byte X25519 public key."""
+        return bytes.fromhex(self.public_key)
+
+
+@attrs.frozen(kw_only=True)
+class OnChainDevice:
+    """A device (TEE machine) registered with an on-chain KMS contract.
+
+    Attributes:
+        device_id: The device id as hex.
+        node_name: The node's name, e.g. ``"prod7"``, or ``None``.
+        on_chain_allowed: ``True`` or ``False`` when the contract's allow-list is
+            known, ``None`` when unknown.
+        extra: Response fields this version does not know, as sent.
+    """
+
+    device_id: str
+    node_name: str | None = None
+    on_chain_allowed: bool | None = None
+    extra: Mapping[str, Any] = _extra()
+
+
+@attrs.frozen(kw_only=True)
+class OnChainOSImage:
+    """A dstack OS image known to an on-chain KMS contract.
+
+    Attributes:
+        name: The image name, e.g. ``"dstack-0.5.7"``.
+        version: The image version, e.g. ``"0.5.7"``.
+        os_image_hash: The image measurement hash as hex, or ``None``.
+        on_chain_allowed: ``True``/``False`` when known, ``None`` when unknown.
+        extra: Response fields this version does not know, as sent.
+    """
+
+    name: str
+    version: str
+    os_image_hash: str | None = None
+    on_chain_allowed: bool | None = None
+    extra: Mapping[str, Any] = _extra()
+
+
+@attrs.frozen(kw_only=True)
+class OnChainKMSContract:
+    """One KMS contract on a chain.
+
+    Attributes:
+        contract_address: ``0x`` + 40 hex, case as sent.
+        chain_id: The EVM chain id, e.g. 8453.
+        chain_name: The chain's name, e.g. ``"base"``.
+        k256_pubkey: The KMS root secp256k1 public key as hex, or ``None``.
+        ca_pubkey: The KMS CA public key as hex, or ``None``.
+        gateway_contract_address: ``0x`` + 40 hex, or ``None``.
+        devices: The registered devices.
+        os_images: The known OS images.
+        extra: Response fields this version does not know, as sent.
+    """
+
+    contract_address: str
+    chain_id: int
+    chain_name: str
+    k256_pubkey: str | None = None
+    ca_pubkey: str | None = None
+    gateway_contract_address: str | None = None
+    devices: tuple[OnChainDevice, ...] = ()
+    os_images: tuple[OnChainOSImage, ...] = ()
+    extra: Mapping[str, Any] = _extra()
+
+
+@attrs.frozen(kw_only=True)
+class KMSOnChainDetail:
+    """The on-chain KMS contracts of one chain (``GET /kms/on-chain/{chain}``).
+
+    Attributes:
+        chain_name: The chain's name, e.g. ``"base"``.
+        chain_id: The EVM chain id, e.g. 8453.
+        contracts: The chain's KMS contracts; may be empty.
+        extra: Response fields this version does not know, as sent.
+    """
+
+    chain_name: str
+    chain_id: int
+    contracts: tuple[OnChainKMSContract, ...] = ()
+    extra: Mapping[str, Any] = _extra()
+
+
+@attrs.frozen(kw_only=True)
+class NextAppID:
+    """A predicted app id on the Phala KMS, with the nonce to provision it with.
+
+    Attributes:
+        app_id: 40 hex characters (20 bytes), as sent (no ``0x``).
+        nonce: The deployer nonce (>= 0) to pass back with ``app_id``.
+        extra: Response fields this version does not know, as sent.
+    """
+
+    app_id: str
+    nonce: int
+    extra: Mapping[str, Any] = _extra()
+
+
+@attrs.frozen(kw_only=True)
+class NextAppIDs:
+    """The next app ids on the Phala KMS (``GET /kms/phala/next_app_id``).
+
+    A prediction, not a reservation: another deployment can take an id first.
+
+    Attributes:
+        app_ids: The predicted ids, in order.
+        extra: Response fields this version does not know, as sent.
+    """
+
+    app_ids: tuple[NextAppID, ...]
+    extra: Mapping[str, Any] = _extra()
+
+
+@attrs.frozen(kw_only=True)
+class KMSContract:
+    """One KMS, contract-centric shape (``GET /kms`` and ``GET /kms/{slug}`` at API
+    version ``2026-06-23``).
+
+    Attributes:
+        id: The contract entry's id.
+        contract_address: The contract's address (``0x`` + 40 hex), or the sentinel
+            ``"phala"`` for the off-chain Phala KMS: check :attr:`is_onchain` before
+            treating it as an address.
+        chain_id: The EVM chain id, **0** for the off-chain Phala KMS.
+        node_count: How many KMS nodes serve this contract.
+        slug: A readable name such as ``"base"``, or ``None``.
+        label: A display label, or ``None``.
+        k256_pubkey: The KMS root secp256k1 public key as hex, or ``None``.
+        ca_pubkey: The KMS CA public key as hex, or ``None``.
+        extra: Response fields this version does not know, as sent.
+    """
+
+    id: str
+    contract_address: str
+    chain_id: int
+    node_count: int
+    slug: str | None = None
+    label: str | None = None
+    k256_pubkey: str | None = None
+    ca_pubkey: str | None = None
+    extra: Mapping[str, Any] = _extra()
+
+    @property
+    def is_onchain(self) -> bool:
+        """``False`` for the off-chain Phala KMS (``chain_id`` 0, address ``"phala"``)."""
+        return self.chain_id != 0 and self.contract_address.lower() != "phala"
+
+
+@attrs.frozen(kw_only=True)
+class KMSContractNode:
+    """One node serving a KMS contract (``GET /kms/{slug}/nodes``).
+
+    Attributes:
+        id: The node's id.
+        url: The node's RPC base URL.
+        version: The node's software version as sent.
+        kms_type: The KMS type, e.g. ``"phala"``, ``"base"``, ``"ethereum"``.
+        slug: A readable name, or ``None``.
+        extra: Response fields this version does not know, as sent.
+    """
+
+    id: str
+    url: str
+    version: str
+    kms_type: str
+    slug: str | None = None
+    extra: Mapping[str, Any] = _extra()
+
+
+@attrs.frozen(kw_only=True)
+class KMSContractNodes:
+    """The nodes of one KMS contract (``GET /kms/{slug}/nodes``; not paginated).
+
+    Attributes:
+        items: The nodes.
+        total: How many nodes there are.
+        extra: Response fields this version does not know, as sent.
+    """
+
+    items: tuple[KMSContractNode, ...]
+    total: int
+    extra: Mapping[str, Any] = _extra()

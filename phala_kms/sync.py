@@ -1,0 +1,286 @@
+"""``KMSClient``: the blocking facade that runs ``AsyncKMSClient`` on its own event-loop thread.
+
+Design: each ``KMSClient`` starts, on first use, one daemon thread running an anyio
+event loop with a :class:`anyio.from_thread.BlockingPortal`. Every blocking method
+submits the very same ``AsyncKMSClient`` coroutine to that portal and waits for it.
+So it works from plain scripts, from many threads at once, and from inside a
+running event loop (Jupyter), and the caller's thread never gets an event loop
+created, set or closed on it.
+
+* Ctrl-C (or any exception) while waiting cancels the request in flight.
+* A forgotten :meth:`KMSClient.close` never hangs interpreter exit: the thread is a
+  daemon and a ``weakref.finalize`` closes the pool at exit or garbage collection.
+* After ``os.fork()`` the child starts a fresh thread and pool on its first call;
+  the parent's are left alone.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
+
+import anyio
+from anyio.from_thread import BlockingPortal
+
+from ._pagination import next_page
+from .client import AsyncKMSClient
+from .errors import ClientStateError
+from .models import KMSContract, KMSInfo
+
+if TYPE_CHECKING:
+    from ._config import ClientConfig, RetryPolicy
+
+__all__ = ["KMSClient"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_SHUTDOWN_TIMEOUT = 10.0
+"""Seconds :meth:`KMSClient.close` waits for the loop thread to finish."""
+
+# Objects inherited from the parent across fork(): kept alive, never touched, so
+# their finalizers do not try to close the parent's sockets from the child.
+_ABANDONED_AFTER_FORK: list[object] = []
+
+
+def _run_portal(ready: concurrent.futures.Future[BlockingPortal]) -> None:
+    async def main() -> None:
+        async with BlockingPortal() as portal:
+            ready.set_result(portal)
+            await portal.sleep_until_stopped()
+
+    try:
+        anyio.run(main, backend="asyncio")
+    except BaseException as exc:  # pragma: no cover - start-up failure is reported to the caller
+        if not ready.done():
+            ready.set_exception(exc)
+        raise
+
+
+class _LoopThread:
+    """The portal thread and the async client living on it; holds no reference to KMSClient."""
+
+    def __init__(self, make_client: Callable[[], AsyncKMSClient]) -> None:
+        self._make_client = make_client
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._client: AsyncKMSClient | None = make_client()
+        self._portal: BlockingPortal | None = None
+        self._thread: threading.Thread | None = None
+        self.closed = False
+
+    @property
+    def thread_ident(self) -> int | None:
+        thread = self._thread
+        return thread.ident if thread is not None else None
+
+    def get(self) -> tuple[BlockingPortal, AsyncKMSClient]:
+        portal, client = self._portal, self._client
+        if portal is not None and client is not None and self._pid == os.getpid():
+            return portal, client
+        with self._lock:
+            if self.closed:
+                raise ClientStateError("this KMSClient is closed; create a new one")
+            if self._pid != os.getpid():  # forked: the loop thread does not exist here
+                _ABANDONED_AFTER_FORK.append((self._portal, self._client, self._thread))
+                self._portal = self._thread = None
+                self._client = self._make_client()
+                self._pid = os.getpid()
+            if self._portal is None:
+                ready: concurrent.futures.Future[BlockingPortal] = concurrent.futures.Future()
+                thread = threading.Thread(
+                    target=_run_portal, args=(ready,), name="phala-kms-loop", daemon=True
+                )
+                thread.start()
+                self._portal = ready.result()
+                self._thread = thread
+            assert self._client is not None
+            return self._portal, self._client
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            portal, client, thread = self._portal, self._client, self._thread
+            self._portal = self._client = self._thread = None
+            if self._pid != os.getpid():
+                _ABANDONED_AFTER_FORK.append((portal, client, thread))
+                return
+        if portal is None or thread is None or not thread.is_alive():
+            return
+        if threading.get_ident() == thread.ident:
+            raise ClientStateError("KMSClient.close() cannot be called from its own loop thread")
+        try:
+            if client is not None:
+                portal.call(client.aclose)
+        finally:
+            portal.call(portal.stop)
+            thread.join(_SHUTDOWN_TIMEOUT)
+
+
+def _blocking(
+    method: Callable[Concatenate[AsyncKMSClient, P], Awaitable[R]],
+) -> Callable[Concatenate[KMSClient, P], R]:
+    """Make the blocking twin of an ``AsyncKMSClient`` coroutine method (same name,
+    signature and docstring)."""
+
+    @functools.wraps(method)
+    def call(self: KMSClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        portal, client = self._loop.get()
+        return self._run(portal, functools.partial(method, client, *args, **kwargs))
+
+    return call
+
+
+class KMSClient:
+    """A blocking client for the Phala Cloud KMS API.
+
+    It has every method of :class:`~phala_kms.AsyncKMSClient`, with the same
+    arguments, results and errors, run on a private event-loop thread. Use it as a
+    context manager or call :meth:`close`. It is safe to share between threads.
+
+    Args:
+        api_key: As for ``AsyncKMSClient`` (``PHALA_CLOUD_API_KEY`` by default).
+        base_url: As for ``AsyncKMSClient`` (``PHALA_CLOUD_API_PREFIX`` by default).
+        api_version: As for ``AsyncKMSClient``.
+        timeout: Per-attempt limit in seconds (default 60).
+        max_retries: Retries for safe failures (default 3; 0 disables).
+        connect_timeout: TCP connect limit in seconds (default 10).
+        retry_policy: Full control of retry timing, instead of ``max_retries``.
+        max_connections: The connection pool size (default 100).
+
+    Raises:
+        ConfigurationError: A setting is unusable (raised here, at construction).
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        api_version: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        connect_timeout: float = 10.0,
+        retry_policy: RetryPolicy | None = None,
+        max_connections: int = 100,
+    ) -> None:
+        make_client = functools.partial(
+            AsyncKMSClient,
+            api_key,
+            base_url,
+            api_version=api_version,
+            timeout=timeout,
+            max_retries=max_retries,
+            connect_timeout=connect_timeout,
+            retry_policy=retry_policy,
+            max_connections=max_connections,
+        )
+        self._loop = _LoopThread(make_client)
+        assert self._loop._client is not None
+        self._config = self._loop._client.config
+        self._finalizer = weakref.finalize(self, self._loop.shutdown)
+
+    @property
+    def config(self) -> ClientConfig:
+        """The resolved, frozen settings (the API key is hidden from its repr)."""
+        return self._config
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._loop.closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return (
+            f"<KMSClient base_url={self._config.base_url!r} "
+            f"api_version={self._config.api_version!r} {state}>"
+        )
+
+    def __enter__(self) -> KMSClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool and stop the loop thread. Idempotent.
+
+        Using the client afterwards raises :class:`~phala_kms.errors.ClientStateError`.
+
+        Raises:
+            ClientStateError: Called from the client's own loop thread.
+        """
+        self._loop.shutdown()
+        self._finalizer.detach()
+
+    def _run(self, portal: BlockingPortal, func: Callable[[], Awaitable[R]]) -> R:
+        if threading.get_ident() == self._loop.thread_ident:
+            raise ClientStateError(
+                "a KMSClient method was called from the client's own event-loop thread"
+                " (e.g. inside an on_progress callback); use AsyncKMSClient there instead"
+            )
+        future: concurrent.futures.Future[R] = portal.start_task_soon(func)
+        try:
+            return future.result()
+        except BaseException:
+            if not future.done():
+                future.cancel()  # cancels the task on the loop thread
+                concurrent.futures.wait([future], timeout=_SHUTDOWN_TIMEOUT)
+            raise
+
+    get_kms_list = _blocking(AsyncKMSClient.get_kms_list)
+    get_kms_info = _blocking(AsyncKMSClient.get_kms_info)
+    get_app_env_encrypt_pubkey = _blocking(AsyncKMSClient.get_app_env_encrypt_pubkey)
+    get_kms_on_chain_detail = _blocking(AsyncKMSClient.get_kms_on_chain_detail)
+    next_app_ids = _blocking(AsyncKMSClient.next_app_ids)
+    list_kms_contracts = _blocking(AsyncKMSClient.list_kms_contracts)
+    get_kms_contract = _blocking(AsyncKMSClient.get_kms_contract)
+    list_kms_contract_nodes = _blocking(AsyncKMSClient.list_kms_contract_nodes)
+    get_verified_app_env_encrypt_pubkey = _blocking(
+        AsyncKMSClient.get_verified_app_env_encrypt_pubkey
+    )
+    encrypt_env_vars_for_app = _blocking(AsyncKMSClient.encrypt_env_vars_for_app)
+    get_app_env_encrypt_pubkeys = _blocking(AsyncKMSClient.get_app_env_encrypt_pubkeys)
+
+    def iter_kms_list(
+        self,
+        page_size: int = 100,
+        is_onchain: bool | None = None,
+        *,
+        api_version: str | None = None,
+    ) -> Iterator[KMSInfo]:
+        page: int | None = 1
+        while page is not None:
+            result = self.get_kms_list(page, page_size, is_onchain, api_version=api_version)
+            yield from result.items
+            page = next_page(page, result)
+
+    def iter_kms_contracts(
+        self,
+        page_size: int = 100,
+        is_onchain: bool | None = None,
+        *,
+        api_version: str | None = None,
+    ) -> Iterator[KMSContract]:
+        page: int | None = 1
+        while page is not None:
+            result = self.list_kms_contracts(page, page_size, is_onchain, api_version=api_version)
+            yield from result.items
+            page = next_page(page, result)
+
+    iter_kms_list.__doc__ = AsyncKMSClient.iter_kms_list.__doc__
+    iter_kms_contracts.__doc__ = AsyncKMSClient.iter_kms_contracts.__doc__
