@@ -108,8 +108,6 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "DEFAULT_API_VERSION",
-    "DEFAULT_BASE_URL",
     "APIResponseError",
     "APIStatusError",
     "APITimeoutError",
@@ -124,6 +122,8 @@ __all__ = [
     "ConnectError",
     "ConnectRefusedError",
     "ConnectionLostError",
+    "DEFAULT_API_VERSION",
+    "DEFAULT_BASE_URL",
     "DNSError",
     "EnvVar",
     "InvalidArgumentError",

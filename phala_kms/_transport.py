@@ -45,6 +45,7 @@ __all__ = ["Transport"]
 T = TypeVar("T")
 
 logger = logging.getLogger("phala_kms")
+_sleep = asyncio.sleep  # the retry wait; tests replace it to record delays without waiting
 
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientConnectorError,)
 _DNS_ERROR: type[BaseException] | None = getattr(aiohttp, "ClientConnectorDNSError", None)
@@ -321,7 +322,7 @@ class Transport:
                     policy.max_retries,
                     _short(err),
                 )
-            await asyncio.sleep(delay)
+            await _sleep(delay)
 
 
 def _short(err: PhalaKMSError) -> str:
