@@ -539,9 +539,9 @@ class AsyncKMSClient:
             InvalidArgumentError: A bad env var name or value type; nothing is sent.
             The errors of :meth:`get_verified_app_env_encrypt_pubkey`.
         """
-        from .crypto import encrypt_env_vars
+        from .crypto import _env_plaintext, encrypt_env_vars
 
-        encrypt_env_vars(env_vars, bytes(32 * [9]))  # validates names/values before any I/O
+        _env_plaintext(env_vars)  # checks names and values before any request
         key = await self.get_verified_app_env_encrypt_pubkey(
             kms, app_id, trusted_signer=trusted_signer, api_version=api_version
         )

@@ -117,9 +117,11 @@ class InvalidArgumentError(PhalaKMSError, ValueError):
 
     Attributes:
         argument: The parameter's name, e.g. ``"app_id"``.
+        key: For a rejected environment variable, its name (never its value).
     """
 
     argument: str | None = None
+    key: str | None = None
 
 
 class ClientStateError(PhalaKMSError, RuntimeError):
@@ -139,11 +141,18 @@ class SignatureVerificationError(PhalaKMSError):
     Verification fails closed: this is raised rather than returning on any doubt.
 
     Attributes:
-        reason: A short machine-readable reason, e.g. ``"signer_mismatch"``,
-            ``"stale_timestamp"``, ``"malformed"``.
+        reason: A short machine-readable reason: ``"malformed"``, ``"high_s"``,
+            ``"unrecoverable"``, ``"signer_mismatch"``, ``"stale_timestamp"``,
+            ``"future_timestamp"``, ``"invalid_trusted_signer"`` or ``"invalid_argument"``.
+        argument: The input at fault for ``"malformed"``/``"invalid_argument"``, or ``None``.
+        signer: For ``"signer_mismatch"``, the recovered signer (``0x`` + 66 hex), or ``None``.
+        age: For timestamp failures, the signature's age in seconds (negative: future).
     """
 
     reason: str = "invalid"
+    argument: str | None = None
+    signer: str | None = None
+    age: float | None = None
 
 
 # --------------------------------------------------------------------------- transport
