@@ -1,0 +1,87 @@
+"""Developer sessions: `nox -s tests lint typing`, plus `stress` and `bench` on demand.
+
+* tests: the suite on every installed Python 3.10-3.13, against the built wheel, with
+  binary-only dependencies (what users install), not the source tree.
+* lint / typing: ruff and mypy --strict.
+* stress: the bounded load test (not part of the default run).
+* bench: the benchmarks against bare aiohttp and the official `phala-cloud` SDK.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tomllib
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+PYTHONS = [
+    c.rsplit(" ", 1)[-1]
+    for c in PYPROJECT["project"]["classifiers"]
+    if c.startswith("Programming Language :: Python :: 3.")
+]
+
+
+def _installed(version: str) -> bool:
+    return shutil.which(f"python{version}") is not None
+
+
+def _build_wheel(session: nox.Session) -> str:
+    dist = ROOT / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.install("build")
+    session.run("python", "-m", "build", "--wheel", "--outdir", str(dist), silent=True)
+    (wheel,) = dist.glob("phala_kms-*.whl")
+    return str(wheel)
+
+
+@nox.session(python=[v for v in PYTHONS if _installed(v)])
+def tests(session: nox.Session) -> None:
+    """Run the test suite against the built wheel (binary-only dependencies)."""
+    wheel = _build_wheel(session)
+    session.install("--only-binary=:all:", f"{wheel}[cli,test]")
+    # Run a copy of the tests from a folder without ./phala_kms, so they import the wheel.
+    work = Path(session.create_tmp()) / "suite"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
+    session.chdir(work)
+    session.run("python", "-m", "pytest", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and format check."""
+    session.install("ruff")
+    session.run("ruff", "check", "phala_kms", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("-e", ".[cli,test]", "mypy")
+    session.run("mypy", "--strict", "phala_kms")
+
+
+@nox.session
+def stress(session: nox.Session) -> None:
+    """The bounded load test: 10,000 requests at concurrency 256, 10% faulted."""
+    session.install("-e", ".[cli,test]")
+    session.run("python", "-m", "pytest", "-m", "stress", "-p", "no:cacheprovider",
+                "-o", "addopts=", "tests", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: phala-kms vs bare aiohttp vs the official phala-cloud SDK."""
+    session.install("-e", ".[cli,test]")
+    # phala-cloud pins pysha3, which does not build on Python 3.11+: install it without
+    # its dependencies, then the ones it really needs.
+    session.install("--no-deps", "phala-cloud")
+    session.install("httpx", "pydantic", "eth-keys", "eth-utils", "psutil")
+    session.run("python", "benchmarks/run.py", *session.posargs)
