@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -27,8 +29,26 @@ PYTHONS = [
 ]
 
 
+def _expose_pyenv_versions() -> None:
+    """Let pyenv's shims resolve every installed 3.x at once (`python3.10`, `python3.13`...)."""
+    if os.environ.get("PYENV_VERSION") or not shutil.which("pyenv"):
+        return
+    result = subprocess.run(["pyenv", "versions", "--bare"], capture_output=True, text=True)
+    versions = [v for v in result.stdout.split() if v.startswith("3.") and "/" not in v]
+    if versions:
+        current = subprocess.run(["pyenv", "version-name"], capture_output=True, text=True)
+        first = [v for v in current.stdout.strip().split(":") if v in versions]
+        os.environ["PYENV_VERSION"] = ":".join(first + [v for v in versions if v not in first])
+
+
 def _installed(version: str) -> bool:
-    return shutil.which(f"python{version}") is not None
+    exe = shutil.which(f"python{version}")
+    if exe is None:
+        return False
+    return subprocess.run([exe, "-c", ""], capture_output=True).returncode == 0
+
+
+_expose_pyenv_versions()
 
 
 def _build_wheel(session: nox.Session) -> str:

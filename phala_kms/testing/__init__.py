@@ -1,0 +1,155 @@
+"""A fake Phala Cloud KMS API for tests: real HTTP, real keys, injectable faults.
+
+:class:`FakeKMSServer` is an ``aiohttp.web`` server on a loopback port that serves
+every KMS route of the Phala Cloud API under ``/api/v1``: ``GET /kms``,
+``GET /kms/{kms_id}``, ``GET /kms/{slug}/nodes``, ``GET /kms/{kms}/pubkey/{app_id}``,
+``GET /kms/on-chain/{chain}`` and ``GET /kms/phala/next_app_id``. It checks the API
+key, switches shapes on ``X-Phala-Version`` (node shapes before ``2026-06-23``;
+contract shapes from it, and when the header is absent), validates like FastAPI, and
+signs each app's X25519 key with a secp256k1 KMS root key the way the dstack KMS
+does. Any route can be made to fail: error statuses with ``Retry-After``, latency,
+gateway HTML, truncated or non-JSON bodies, dropped connections, redirects, huge
+bodies. It logs every request (secrets redacted) and counts the peak number of
+requests in flight.
+
+Async tests::
+
+    from phala_kms.testing import FakeKMSServer, StatusFault
+
+    async def test_retries_503() -> None:
+        async with FakeKMSServer() as server:
+            server.inject("kms_list", StatusFault(503, retry_after=1), times=2)
+            # point the client at server.base_url with server.api_key ...
+            assert server.route_counts["kms_list"] == 3
+
+Sync tests (the server runs its own loop in a background thread)::
+
+    with FakeKMSServer.in_thread(phala_node_count=3) as server:
+        ...
+
+Checking a key the fake handed out::
+
+    private = server.app_private_key("phala", app_id)   # decrypt what you encrypted
+    env = decrypt_env_vars(ciphertext, private)
+    server.k256_pubkey                                  # the Phala KMS signer to trust
+
+With pytest, the plugin (installed with phala-kms) provides the fixtures
+``fake_kms_server`` (async) and ``fake_kms_server_thread`` (sync); mark a test with
+``@pytest.mark.fake_kms_options(...)`` to pass :class:`FakeKMSServer` arguments. From a
+shell, ``phala-kms fake-server --port 8787`` runs :func:`run_fake_server`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._decrypt import decrypt_env_vars
+    from ._faults import (
+        DropConnectionFault,
+        Fault,
+        GatewayHTMLFault,
+        HugeBodyFault,
+        Injection,
+        LatencyFault,
+        NonJSONFault,
+        RedirectFault,
+        ResetMidBodyFault,
+        RetryAfter,
+        StatusFault,
+        TruncatedJSONFault,
+        WrongShapeFault,
+    )
+    from ._server import (
+        API_VERSIONS,
+        CONTRACT_API_VERSION,
+        DEFAULT_API_KEY,
+        NODE_API_VERSION,
+        REDACTED,
+        ROUTE_NAMES,
+        FakeKMSServer,
+        RecordedRequest,
+        ThreadedFakeKMSServer,
+        run_fake_server,
+    )
+
+# Loaded on first use, so that the pytest plugin (imported by every pytest run where
+# phala-kms is installed) costs nothing in suites that never touch the fake.
+_LAZY = {
+    "decrypt_env_vars": "_decrypt",
+    **dict.fromkeys(
+        [
+            "DropConnectionFault",
+            "Fault",
+            "GatewayHTMLFault",
+            "HugeBodyFault",
+            "Injection",
+            "LatencyFault",
+            "NonJSONFault",
+            "RedirectFault",
+            "ResetMidBodyFault",
+            "RetryAfter",
+            "StatusFault",
+            "TruncatedJSONFault",
+            "WrongShapeFault",
+        ],
+        "_faults",
+    ),
+    **dict.fromkeys(
+        [
+            "API_VERSIONS",
+            "CONTRACT_API_VERSION",
+            "DEFAULT_API_KEY",
+            "NODE_API_VERSION",
+            "REDACTED",
+            "ROUTE_NAMES",
+            "FakeKMSServer",
+            "RecordedRequest",
+            "ThreadedFakeKMSServer",
+            "run_fake_server",
+        ],
+        "_server",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'phala_kms.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = [
+    "API_VERSIONS",
+    "CONTRACT_API_VERSION",
+    "DEFAULT_API_KEY",
+    "DropConnectionFault",
+    "FakeKMSServer",
+    "Fault",
+    "GatewayHTMLFault",
+    "HugeBodyFault",
+    "Injection",
+    "LatencyFault",
+    "NODE_API_VERSION",
+    "NonJSONFault",
+    "REDACTED",
+    "ROUTE_NAMES",
+    "RecordedRequest",
+    "RedirectFault",
+    "ResetMidBodyFault",
+    "RetryAfter",
+    "StatusFault",
+    "ThreadedFakeKMSServer",
+    "TruncatedJSONFault",
+    "WrongShapeFault",
+    "decrypt_env_vars",
+    "run_fake_server",
+]
