@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import nox
+import tomllib
 
 nox.options.sessions = ["tests", "lint", "typing"]
 nox.options.reuse_existing_virtualenvs = True
@@ -92,8 +92,19 @@ def typing(session: nox.Session) -> None:
 def stress(session: nox.Session) -> None:
     """The bounded load test: 10,000 requests at concurrency 256, 10% faulted."""
     session.install("-e", ".[cli,test]")
-    session.run("python", "-m", "pytest", "-m", "stress", "-p", "no:cacheprovider",
-                "-o", "addopts=", "tests", *session.posargs)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-m",
+        "stress",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        "tests",
+        *session.posargs,
+    )
 
 
 @nox.session

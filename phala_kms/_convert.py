@@ -189,4 +189,3 @@ def _format(exc: BaseException, _type: Any) -> str:
 
 def _problems(exc: BaseException) -> list[str]:
     return cattrs.transform_error(exc, path="$", format_exception=_format) or [str(exc)]
-

@@ -16,7 +16,7 @@ import socket
 import ssl
 import time
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -98,7 +98,8 @@ class Transport:
         if headers is None:
             if self._config.api_key is None:
                 raise ConfigurationError(
-                    "no API key: pass api_key=... or set the PHALA_CLOUD_API_KEY environment variable"
+                    "no API key: pass api_key=... or set the PHALA_CLOUD_API_KEY"
+                    " environment variable"
                 )
             headers = {
                 "X-API-Key": self._config.api_key,
@@ -137,11 +138,14 @@ class Transport:
         if session is not None and self._owns_session:
             await session.close()
 
-    def _map_exception(
-        self, exc: BaseException, *, url: str, timeout: float
-    ) -> PhalaKMSError:
+    def _map_exception(self, exc: BaseException, *, url: str, timeout: float) -> PhalaKMSError:
         """Turn an aiohttp/asyncio failure into our transport error."""
-        where = dict(method="GET", url=url, host=self._host, port=self._port)
+        where: dict[str, Any] = {
+            "method": "GET",
+            "url": url,
+            "host": self._host,
+            "port": self._port,
+        }
         target = f"{self._host}:{self._port}"
         if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
             return APITimeoutError(
@@ -159,7 +163,9 @@ class Transport:
                 return ConnectRefusedError(f"connection to {target} refused", **where)
             if isinstance(os_error, (asyncio.TimeoutError, TimeoutError)):
                 return APITimeoutError(
-                    f"connecting to {target} timed out", timeout=self._config.connect_timeout, **where
+                    f"connecting to {target} timed out",
+                    timeout=self._config.connect_timeout,
+                    **where,
                 )
             return ConnectError(f"could not connect to {target}: {exc}", **where)
         if isinstance(exc, _LOST_ERRORS):

@@ -83,9 +83,7 @@ def int_param(value: object, argument: str, low: int, high: int | None = None) -
         )
     if value < low or (high is not None and value > high):
         bounds = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise InvalidArgumentError(
-            f"{argument} must be {bounds}, got {value}", argument=argument
-        )
+        raise InvalidArgumentError(f"{argument} must be {bounds}, got {value}", argument=argument)
     return str(value)
 
 

@@ -324,9 +324,7 @@ class AsyncKMSClient:
             f"/kms/on-chain/{segment}", KMSOnChainDetail, version=self._version(api_version)
         )
 
-    async def next_app_ids(
-        self, counts: int = 1, *, api_version: str | None = None
-    ) -> NextAppIDs:
+    async def next_app_ids(self, counts: int = 1, *, api_version: str | None = None) -> NextAppIDs:
         """Predict the next app ids (and their nonces) on the Phala KMS.
 
         ``GET /kms/phala/next_app_id?counts=`` with the client's ``X-Phala-Version``.

@@ -375,7 +375,7 @@ def test_env_var_is_frozen_comparable_and_picklable() -> None:
         var.value = "baz"  # type: ignore[misc]
     assert var == EnvVar(key="FOO", value="bar")
     assert var != EnvVar("FOO", "baz")
-    assert pickle.loads(pickle.dumps(var)) == var  # noqa: S301 - our own data
+    assert pickle.loads(pickle.dumps(var)) == var
     assert hash(var) == hash(EnvVar("FOO", "bar"))
 
 

@@ -523,7 +523,7 @@ def test_signature_errors_are_phala_kms_errors_and_pickle(vec: Vector) -> None:
     with pytest.raises(SignatureVerificationError) as info:
         verify_legacy(vec, trusted_signer=Vector().signer_hex)
     assert isinstance(info.value, PhalaKMSError)
-    clone = pickle.loads(pickle.dumps(info.value))  # noqa: S301 - our own data
+    clone = pickle.loads(pickle.dumps(info.value))
     assert clone.reason == "signer_mismatch"
     assert vars(clone)["signer"] == vec.signer_hex
 

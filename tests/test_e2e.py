@@ -211,7 +211,9 @@ def test_fan_out_verifies_when_asked(kms: Any, server: FakeKMSServer) -> None:
     good = kms.get_app_env_encrypt_pubkeys("phala", APP_IDS, trusted_signer=server.k256_pubkey)
     assert len(good) == len(APP_IDS)
     bad = kms.get_app_env_encrypt_pubkeys(
-        "phala", APP_IDS[:2], trusted_signer=server.k256_pubkey_for("base"),
+        "phala",
+        APP_IDS[:2],
+        trusted_signer=server.k256_pubkey_for("base"),
         return_exceptions=True,
     )
     assert all(isinstance(b, SignatureVerificationError) for b in bad)
@@ -225,9 +227,7 @@ def test_retried_503_through_the_real_transport(kms: Any, server: FakeKMSServer)
 
 
 def test_auth_errors(server: FakeKMSServer) -> None:
-    with KMSClient("phak_wrong", server.base_url) as client, pytest.raises(
-        PermissionDeniedError
-    ):
+    with KMSClient("phak_wrong", server.base_url) as client, pytest.raises(PermissionDeniedError):
         client.get_kms_info("phala")
     assert server.requests[-1].headers.get("X-API-Key") != "phak_wrong"  # redacted in the log
 
@@ -262,8 +262,9 @@ async def test_fan_out_never_exceeds_the_pool() -> None:
 
         server.inject("app_pubkey", LatencyFault(0.02), times=None)
         async with AsyncKMSClient(server.api_key, server.base_url, max_connections=4) as client:
-            await client.get_app_env_encrypt_pubkeys("phala", APP_IDS * 1 + [
-                f"{i:040x}" for i in range(100, 140)], concurrency=64)
+            await client.get_app_env_encrypt_pubkeys(
+                "phala", APP_IDS * 1 + [f"{i:040x}" for i in range(100, 140)], concurrency=64
+            )
         assert server.peak_in_flight <= 4
 
 
@@ -272,6 +273,7 @@ async def test_fan_out_cancellation_leaves_nothing_running() -> None:
         from phala_kms.testing import LatencyFault
 
         server.inject("app_pubkey", LatencyFault(5.0), times=None)
+
         def workers() -> list[asyncio.Task[Any]]:
             return [t for t in asyncio.all_tasks() if "worker" in t.get_coro().__qualname__]
 

@@ -33,7 +33,9 @@ def test_kms_list_page_keeps_quirks_and_unknown_fields() -> None:
     assert phala.chain_id is None and phala.kms_contract_address is None
     assert phala.k256_pubkey is None  # absent key decodes like null
     assert base7.version == "v0.5.7"  # kept as sent, not normalised
-    assert base7.k256_pubkey == "0x03082b64216200a62e957307314fa8bb1e90ba65d5ccb73e0264046169cd497af2"
+    assert (
+        base7.k256_pubkey == "0x03082b64216200a62e957307314fa8bb1e90ba65d5ccb73e0264046169cd497af2"
+    )
     assert base9.extra == {"region": "us-east"}  # unknown field kept
     assert phala.extra == {}
     assert eth.kms_contract_address == "0x4B2c5E9a1F0d3C7b8A6e2D1f9C0b3A5e7D8c6F41"  # case kept
@@ -92,10 +94,12 @@ def test_pubkey_hex_is_normalised_and_checked() -> None:
     assert key.signature == "cd" * 65
     assert key.public_key_bytes == bytes.fromhex("ab" * 32)
     assert key.timestamp == 17 and key.signature_v1 is None
-    for bad in ({"public_key": "ab" * 31, "signature": "cd" * 65},
-                {"public_key": "zz" * 32, "signature": "cd" * 65},
-                {"public_key": "ab" * 32, "signature": "cd" * 64},
-                {"public_key": "ab" * 32, "signature": "cd" * 65, "signature_v1": "00"}):
+    for bad in (
+        {"public_key": "ab" * 31, "signature": "cd" * 65},
+        {"public_key": "zz" * 32, "signature": "cd" * 65},
+        {"public_key": "ab" * 32, "signature": "cd" * 64},
+        {"public_key": "ab" * 32, "signature": "cd" * 65, "signature_v1": "00"},
+    ):
         with pytest.raises(DecodeError):
             structure(bad, AppEnvEncryptPubKey)
 

@@ -134,7 +134,13 @@ UNAVAILABLE = status_error(ServerError, 503)
         # the deadline: a wait that would end at or past it is not started
         (UNAVAILABLE, 1, RetryPolicy(deadline=10.0, jitter=0.0), 9.4, 0.5),
         (UNAVAILABLE, 1, RetryPolicy(deadline=10.0, jitter=0.0), 9.5, None),
-        (status_error(RateLimitError, 429, retry_after=5.0), 1, RetryPolicy(deadline=4.0), 0.0, None),
+        (
+            status_error(RateLimitError, 429, retry_after=5.0),
+            1,
+            RetryPolicy(deadline=4.0),
+            0.0,
+            None,
+        ),
     ],
 )
 def test_retry_delay(

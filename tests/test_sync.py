@@ -35,9 +35,12 @@ def test_every_coroutine_has_a_blocking_twin() -> None:
         twin = getattr(KMSClient, name, None)
         assert twin is not None, f"KMSClient lacks {name}"
         assert not inspect.iscoroutinefunction(twin), name
-        assert inspect.signature(twin).parameters.keys() == inspect.signature(
-            method  # type: ignore[arg-type]
-        ).parameters.keys(), name
+        assert (
+            inspect.signature(twin).parameters.keys()
+            == inspect.signature(
+                method  # type: ignore[arg-type]
+            ).parameters.keys()
+        ), name
         for p_async, p_sync in zip(
             inspect.signature(method).parameters.values(),  # type: ignore[arg-type]
             inspect.signature(twin).parameters.values(),
@@ -114,7 +117,9 @@ def test_close_is_idempotent_and_final(server: FakeKMSServer) -> None:
 def test_closing_an_unused_client_starts_nothing(server: FakeKMSServer) -> None:
     before = threading.active_count()
     with KMSClient(server.api_key, server.base_url) as kms:
-        assert repr(kms) == f"<KMSClient base_url={server.base_url!r} api_version='2026-06-23' open>"
+        assert (
+            repr(kms) == f"<KMSClient base_url={server.base_url!r} api_version='2026-06-23' open>"
+        )
     assert threading.active_count() == before
     assert repr(kms).endswith("closed>")
 

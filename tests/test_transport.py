@@ -59,8 +59,11 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 def sent(mocked: Any) -> list[tuple[str, URL, dict[str, Any]]]:
-    return [(method, url, call.kwargs) for (method, url), calls in mocked.requests.items()
-            for call in calls]
+    return [
+        (method, url, call.kwargs)
+        for (method, url), calls in mocked.requests.items()
+        for call in calls
+    ]
 
 
 async def test_headers_and_version_pins(mocked: Any, client: AsyncKMSClient) -> None:
@@ -316,10 +319,10 @@ async def test_redirect_is_never_followed(mocked: Any, client: AsyncKMSClient) -
         ('{"id": 5, "url": "u", "version": "v"}', "$.id"),
     ],
 )
-async def test_bad_success_bodies(mocked: Any, client: AsyncKMSClient, body: str, problem: str) -> None:
-    mocked.get(
-        f"{BASE}/kms/phala", status=200, body=body, headers={"X-Request-ID": "req-77"}
-    )
+async def test_bad_success_bodies(
+    mocked: Any, client: AsyncKMSClient, body: str, problem: str
+) -> None:
+    mocked.get(f"{BASE}/kms/phala", status=200, body=body, headers={"X-Request-ID": "req-77"})
     with pytest.raises(errors.ResponseValidationError) as info:
         await client.get_kms_info("phala")
     err = info.value
