@@ -65,6 +65,8 @@ def tests(session: nox.Session) -> None:
     """Run the test suite against the built wheel (binary-only dependencies)."""
     wheel = _build_wheel(session)
     session.install("--only-binary=:all:", f"{wheel}[cli,test]")
+    # The version does not change between builds: force the fresh wheel over a reused venv's.
+    session.install("--force-reinstall", "--no-deps", wheel)
     # Run a copy of the tests from a folder without ./phala_kms, so they import the wheel.
     work = Path(session.create_tmp()) / "suite"
     shutil.rmtree(work, ignore_errors=True)

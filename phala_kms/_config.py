@@ -43,7 +43,9 @@ USER_AGENT = f"phala-kms/{__version__}"
 def _non_negative(name: str) -> Callable[[Any, Any, Any], None]:
     def check(_inst: Any, _attr: Any, value: float | None) -> None:
         if value is not None and not (value >= 0 and math.isfinite(value)):
-            raise ConfigurationError(f"{name} must be a finite number >= 0, got {value!r}")
+            raise ConfigurationError(
+                f"{name} must be a finite number >= 0, got {value!r}", setting=name
+            )
 
     return check
 
@@ -85,12 +87,16 @@ class RetryPolicy:
     @max_retries.validator
     def _check_max_retries(self, _attr: object, value: int) -> None:
         if type(value) is not int or value < 0:
-            raise ConfigurationError(f"max_retries must be an int >= 0, got {value!r}")
+            raise ConfigurationError(
+                f"max_retries must be an int >= 0, got {value!r}", setting="max_retries"
+            )
 
     @jitter.validator
     def _check_jitter(self, _attr: object, value: float) -> None:
         if not 0 <= value <= 1:
-            raise ConfigurationError(f"jitter must be between 0 and 1, got {value!r}")
+            raise ConfigurationError(
+                f"jitter must be between 0 and 1, got {value!r}", setting="jitter"
+            )
 
 
 @attrs.frozen(kw_only=True)
@@ -130,24 +136,31 @@ def normalize_base_url(base_url: str) -> str:
     url = base_url.strip().rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(f"base_url must be an absolute https:// URL, got {url!r}")
+        raise ConfigurationError(
+            f"base_url must be an absolute https:// URL, got {url!r}", setting="base_url"
+        )
     if parts.username is not None or parts.password is not None:
-        raise ConfigurationError("base_url must not carry credentials; pass api_key instead")
+        raise ConfigurationError(
+            "base_url must not carry credentials; pass api_key instead", setting="base_url"
+        )
     if parts.query or parts.fragment:
-        raise ConfigurationError(f"base_url must not have a query or fragment, got {url!r}")
+        raise ConfigurationError(
+            f"base_url must not have a query or fragment, got {url!r}", setting="base_url"
+        )
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise ConfigurationError(
             f"refusing plain http:// to {parts.hostname!r}: the API key would travel unencrypted;"
-            " use https://, or http:// only for a loopback host such as 127.0.0.1"
+            " use https://, or http:// only for a loopback host such as 127.0.0.1",
+            setting="base_url",
         )
     return url
 
 
 def _positive(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
+        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}", setting=name)
     if not (value > 0 and math.isfinite(value)):
-        raise ConfigurationError(f"{name} must be > 0 seconds, got {value!r}")
+        raise ConfigurationError(f"{name} must be > 0 seconds, got {value!r}", setting=name)
     return float(value)
 
 
@@ -174,22 +187,28 @@ def resolve_config(
         api_key = os.environ.get(ENV_API_KEY) or None
     if api_key is not None:
         if not isinstance(api_key, str):
-            raise ConfigurationError("api_key must be a str")
+            raise ConfigurationError("api_key must be a str", setting="api_key")
         api_key = api_key.strip() or None
     if base_url is None:
         base_url = os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
     if api_version is None:
         api_version = DEFAULT_API_VERSION
     if not isinstance(api_version, str) or not api_version.strip():
-        raise ConfigurationError(f"api_version must be a non-empty str, got {api_version!r}")
+        raise ConfigurationError(
+            f"api_version must be a non-empty str, got {api_version!r}", setting="api_version"
+        )
     if retry_policy is None:
         retry_policy = RetryPolicy(max_retries=max_retries)
     elif max_retries != RetryPolicy().max_retries and max_retries != retry_policy.max_retries:
         raise ConfigurationError(
-            "pass either max_retries or retry_policy, not both (set retry_policy.max_retries)"
+            "pass either max_retries or retry_policy, not both (set retry_policy.max_retries)",
+            setting="retry_policy",
         )
     if type(max_connections) is not int or max_connections < 1:
-        raise ConfigurationError(f"max_connections must be an int >= 1, got {max_connections!r}")
+        raise ConfigurationError(
+            f"max_connections must be an int >= 1, got {max_connections!r}",
+            setting="max_connections",
+        )
     return ClientConfig(
         base_url=normalize_base_url(base_url),
         api_key=api_key,

@@ -99,7 +99,8 @@ class Transport:
             if self._config.api_key is None:
                 raise ConfigurationError(
                     "no API key: pass api_key=... or set the PHALA_CLOUD_API_KEY"
-                    " environment variable"
+                    " environment variable",
+                    setting="api_key",
                 )
             headers = {
                 "X-API-Key": self._config.api_key,
@@ -147,7 +148,7 @@ class Transport:
             "port": self._port,
         }
         target = f"{self._host}:{self._port}"
-        if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        if isinstance(exc, (asyncio.TimeoutError, TimeoutError, aiohttp.ServerTimeoutError)):
             return APITimeoutError(
                 f"GET {url} timed out after {timeout:g} s", timeout=timeout, **where
             )

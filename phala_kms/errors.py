@@ -109,7 +109,12 @@ class ConfigurationError(PhalaKMSError, ValueError):
     (at the first request, before anything is sent), or at construction for a
     malformed base URL, a plain ``http://`` base URL whose host is not loopback,
     a non-positive timeout, or conflicting retry settings.
+
+    Attributes:
+        setting: The setting at fault, e.g. ``"api_key"`` or ``"base_url"``, or ``None``.
     """
+
+    setting: str | None = None
 
 
 class InvalidArgumentError(PhalaKMSError, ValueError):

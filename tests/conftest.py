@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import aioresponses.core
 import aiohttp
+import aioresponses.core
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -16,10 +16,14 @@ from phala_kms import (
     KMSClient,
     NotFoundError,
     PermissionDeniedError,
+    RateLimitError,
     RetryPolicy,
+    ServerError,
     SignatureVerificationError,
+    UnprocessableEntityError,
 )
 from phala_kms.testing import FakeKMSServer, StatusFault, decrypt_env_vars
+from tests.conftest import FIXTURES
 
 APP_IDS = [f"{i:040x}" for i in range(1, 6)]
 FAST_RETRIES = RetryPolicy(max_retries=3, initial_backoff=0.0, jitter=0.0)
@@ -241,7 +245,7 @@ def test_missing_key_sends_nothing(server: FakeKMSServer) -> None:
     assert AuthenticationError  # the 401 path is exercised by the fake's own tests
 
 
-async def test_fan_out_bound_and_ten_thousand_ids() -> None:
+async def test_fan_out_ten_thousand_ids() -> None:
     async with FakeKMSServer(phala_node_count=1, include_onchain=False) as server:
         ids = [f"{i:040x}" for i in range(10_000)]
         async with AsyncKMSClient(server.api_key, server.base_url) as client:
@@ -250,10 +254,23 @@ async def test_fan_out_bound_and_ten_thousand_ids() -> None:
                 "phala", ids, concurrency=16, on_progress=lambda done, total: progress.append(done)
             )
         assert len(keys) == 10_000
-        assert keys[9_999].public_key_bytes == server.app_public_key("phala", ids[9_999])
-        assert 1 <= server.peak_in_flight <= 16
+        for index in (0, 4_321, 9_999):
+            assert keys[index].public_key_bytes == server.app_public_key("phala", ids[index])
         assert server.route_counts["app_pubkey"] == 10_000
-        assert progress[-1] == 10_000 and len(progress) == 10_000
+        assert progress == list(range(1, 10_001))
+
+
+async def test_fan_out_concurrency_bound() -> None:
+    # Latency makes every request stay in flight long enough for the peak to show the bound
+    # (without it the fake answers each request before the next one arrives).
+    from phala_kms.testing import LatencyFault
+
+    async with FakeKMSServer(phala_node_count=1, include_onchain=False) as server:
+        server.inject("app_pubkey", LatencyFault(0.01), times=None)
+        ids = [f"{i:040x}" for i in range(200)]
+        async with AsyncKMSClient(server.api_key, server.base_url) as client:
+            await client.get_app_env_encrypt_pubkeys("phala", ids, concurrency=16)
+        assert server.peak_in_flight == 16
 
 
 async def test_fan_out_never_exceeds_the_pool() -> None:
@@ -296,3 +313,54 @@ async def test_fan_out_cancellation_leaves_nothing_running() -> None:
                 break
             await asyncio.sleep(0.01)
         assert server.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "fixture", "cls", "expected"),
+    [
+        (404, "error_detail_string.json", NotFoundError, {"error_code": None}),
+        (
+            404,
+            "error_structured.json",
+            NotFoundError,
+            {"error_code": "ERR-02-011", "request_id": "req_01HZX9"},
+        ),
+        (
+            429,
+            "error_structured_nested.json",
+            RateLimitError,
+            {"error_code": "ERR-05-002", "request_id": "req_01HZXA"},
+        ),
+        (422, "error_validation_422.json", UnprocessableEntityError, {"error_code": None}),
+        (500, "error_message_only.json", ServerError, {"error_code": None}),
+        (502, "error_gateway_502.html", ServerError, {"error_code": None}),
+    ],
+)
+def test_every_error_body_form(
+    kms: Any,
+    server: FakeKMSServer,
+    status: int,
+    fixture: str,
+    cls: type[Exception],
+    expected: dict[str, Any],
+) -> None:
+    body = (FIXTURES / fixture).read_bytes()
+    content_type = "text/html" if fixture.endswith(".html") else "application/json"
+    server.inject("kms_info", StatusFault(status, body=body, content_type=content_type), times=None)
+    with pytest.raises(cls) as caught:
+        kms.get_kms_info("phala")
+    err = caught.value
+    assert err.status == status  # type: ignore[attr-defined]
+    assert err.body == body.decode()  # type: ignore[attr-defined]
+    assert err.request_id  # type: ignore[attr-defined]  # the body's, else the header's
+    for name, value in expected.items():
+        assert getattr(err, name) == value
+
+
+def test_unknown_fields_and_nulls_survive_the_round_trip(kms: Any) -> None:
+    items = kms.iter_kms_list()
+    assert any(item.extra.get("region") for item in items)
+    assert any(item.slug is None for item in items)
+    assert any(item.chain_id is None for item in items)
+    assert any(item.k256_pubkey is None for item in items)
+    assert any(item.k256_pubkey for item in items)

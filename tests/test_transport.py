@@ -395,3 +395,19 @@ async def test_use_after_close(mocked: Any) -> None:
         await c.get_kms_info("phala")
     assert c.closed
     assert mocked.requests == {}
+
+
+def test_configuration_errors_name_the_setting() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        AsyncKMSClient(API_KEY, "http://example.com/api/v1")
+    assert caught.value.setting == "base_url"
+    with pytest.raises(ConfigurationError) as caught:
+        AsyncKMSClient(API_KEY, BASE, timeout=0)
+    assert caught.value.setting == "timeout"
+
+
+async def test_missing_key_names_the_setting(mocked: Any) -> None:
+    async with AsyncKMSClient(base_url=BASE) as c:
+        with pytest.raises(ConfigurationError) as caught:
+            await c.get_kms_list()
+    assert caught.value.setting == "api_key"
