@@ -364,3 +364,21 @@ def test_unknown_fields_and_nulls_survive_the_round_trip(kms: Any) -> None:
     assert any(item.chain_id is None for item in items)
     assert any(item.k256_pubkey is None for item in items)
     assert any(item.k256_pubkey for item in items)
+
+
+def test_fan_out_retries_inside_a_batch(kms: Any, server: FakeKMSServer) -> None:
+    ids = [f"{i:040x}" for i in range(200, 212)]
+    server.inject(f"/kms/phala/pubkey/{ids[3]}", StatusFault(503), times=2)
+    server.inject(f"/kms/phala/pubkey/{ids[7]}", StatusFault(429, retry_after=0), times=1)
+    server.inject(f"/kms/phala/pubkey/{ids[9]}", StatusFault(404), times=None)
+    results = kms.get_app_env_encrypt_pubkeys(
+        "phala", ids, concurrency=4, return_exceptions=True
+    )
+    for index, (app_id, result) in enumerate(zip(ids, results, strict=True)):
+        if index == 9:
+            assert isinstance(result, NotFoundError)
+            assert result.attempts == 1
+        else:
+            assert result.public_key_bytes == server.app_public_key("phala", app_id)
+    per_app = [sum(r.path.endswith(a) for r in server.requests) for a in ids]
+    assert per_app == [1, 1, 1, 3, 1, 1, 1, 2, 1, 1, 1, 1]
