@@ -500,9 +500,13 @@ class AsyncKMSClient:
 
         Raises:
             SignatureVerificationError: The signature is malformed, stale, from the
-                future, or not by ``trusted_signer``.
+                future, or not by ``trusted_signer``; or ``trusted_signer`` itself is
+                unusable (``reason="invalid_trusted_signer"``, raised before any request).
             The errors of :meth:`get_app_env_encrypt_pubkey`.
         """
+        from .crypto import check_trusted_signer
+
+        check_trusted_signer(trusted_signer)  # an unusable signer fails before any request
         key = await self.get_app_env_encrypt_pubkey(kms, app_id, api_version=api_version)
         _verify(key, app_id, trusted_signer, max_age)
         return key
@@ -614,6 +618,8 @@ class AsyncKMSClient:
         Raises:
             InvalidArgumentError: ``concurrency`` < 1, a malformed ``kms``, or (when
                 ``return_exceptions`` is ``False``) a malformed app id; nothing is sent.
+            SignatureVerificationError: ``trusted_signer`` is given but unusable
+                (``reason="invalid_trusted_signer"``); nothing is sent.
             PhalaKMSError: With ``return_exceptions=False``, the first failure of any
                 request, as raised by :meth:`get_app_env_encrypt_pubkey` (or
                 :class:`~phala_kms.errors.SignatureVerificationError`).
@@ -621,6 +627,10 @@ class AsyncKMSClient:
         int_param(concurrency, "concurrency", 1)
         path_segment(kms, "kms")
         self._version(api_version)
+        if trusted_signer is not None:
+            from .crypto import check_trusted_signer
+
+            check_trusted_signer(trusted_signer)
         # Normalise and deduplicate up front: a malformed id fails before any request.
         slot_of: dict[str, int] = {}
         unique: list[str] = []
@@ -672,8 +682,9 @@ class AsyncKMSClient:
             if tasks:
                 finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                 for task in finished:
-                    if not task.cancelled() and task.exception() is not None:
-                        raise task.exception()  # type: ignore[misc]
+                    failure = None if task.cancelled() else task.exception()
+                    if failure is not None:
+                        raise failure
         finally:
             for task in tasks:
                 task.cancel()

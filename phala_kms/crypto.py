@@ -74,6 +74,7 @@ __all__ = [
     "EnvVar",
     "EnvVarsLike",
     "app_id_to_bytes",
+    "check_trusted_signer",
     "encrypt_env_vars",
     "env_encrypt_pubkey_message",
     "ethereum_address",
@@ -520,6 +521,37 @@ def _parse_trusted_signer(trusted_signer: str | bytes) -> tuple[bool, bytes] | N
     return None if key is None else (False, key.format(compressed=True))
 
 
+def check_trusted_signer(trusted_signer: str | bytes) -> tuple[bool, bytes]:
+    """Parse a trusted signer once, before any key is fetched or verified.
+
+    Args:
+        trusted_signer: A secp256k1 public key (33-byte compressed, 65-byte
+            uncompressed or 64-byte ``x || y``) or a 20-byte Ethereum address, as bytes
+            or hex (``0x`` optional, either case).
+
+    Returns:
+        ``(is_address, bytes_to_compare)``: the address, or the compressed key.
+
+    Raises:
+        SignatureVerificationError: ``reason="invalid_trusted_signer"``: missing or
+            unparsable (without a trusted signer a signature proves nothing).
+    """
+    signer_arg: object = trusted_signer  # checked at run time, whatever the annotation
+    trusted = None
+    if isinstance(signer_arg, (str, bytes)):
+        trusted = _parse_trusted_signer(signer_arg)
+    elif isinstance(signer_arg, (bytearray, memoryview)):
+        trusted = _parse_trusted_signer(bytes(signer_arg))
+    if trusted is None:
+        raise SignatureVerificationError(
+            "trusted_signer must be a secp256k1 public key (33/64/65 bytes) or a 20-byte "
+            "Ethereum address, as bytes or hex; without one a signature proves nothing",
+            reason="invalid_trusted_signer",
+            argument="trusted_signer",
+        )
+    return trusted
+
+
 def _finite_or_inf(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
@@ -570,19 +602,7 @@ def verify_env_encrypt_public_key(
             ``"unrecoverable"``, ``"stale_timestamp"``, ``"future_timestamp"`` or
             ``"signer_mismatch"`` (``signer`` holds the recovered key).
     """
-    signer_arg: object = trusted_signer  # checked at run time, whatever the annotation
-    trusted = None
-    if isinstance(signer_arg, (str, bytes)):
-        trusted = _parse_trusted_signer(signer_arg)
-    elif isinstance(signer_arg, (bytearray, memoryview)):
-        trusted = _parse_trusted_signer(bytes(signer_arg))
-    if trusted is None:
-        raise SignatureVerificationError(
-            "trusted_signer must be a secp256k1 public key (33/64/65 bytes) or a 20-byte "
-            "Ethereum address, as bytes or hex; without one a signature proves nothing",
-            reason="invalid_trusted_signer",
-            argument="trusted_signer",
-        )
+    trusted = check_trusted_signer(trusted_signer)
     if timestamp is not None:
         if not (_finite_or_inf(max_age) and max_age >= 0):
             raise SignatureVerificationError(

@@ -371,9 +371,7 @@ def test_fan_out_retries_inside_a_batch(kms: Any, server: FakeKMSServer) -> None
     server.inject(f"/kms/phala/pubkey/{ids[3]}", StatusFault(503), times=2)
     server.inject(f"/kms/phala/pubkey/{ids[7]}", StatusFault(429, retry_after=0), times=1)
     server.inject(f"/kms/phala/pubkey/{ids[9]}", StatusFault(404), times=None)
-    results = kms.get_app_env_encrypt_pubkeys(
-        "phala", ids, concurrency=4, return_exceptions=True
-    )
+    results = kms.get_app_env_encrypt_pubkeys("phala", ids, concurrency=4, return_exceptions=True)
     for index, (app_id, result) in enumerate(zip(ids, results, strict=True)):
         if index == 9:
             assert isinstance(result, NotFoundError)
@@ -382,3 +380,17 @@ def test_fan_out_retries_inside_a_batch(kms: Any, server: FakeKMSServer) -> None
             assert result.public_key_bytes == server.app_public_key("phala", app_id)
     per_app = [sum(r.path.endswith(a) for r in server.requests) for a in ids]
     assert per_app == [1, 1, 1, 3, 1, 1, 1, 2, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("signer", ["", "0x1234", "not hex", "04" + "00" * 64])
+def test_unusable_trusted_signer_fails_before_any_request(
+    kms: Any, server: FakeKMSServer, signer: str
+) -> None:
+    with pytest.raises(SignatureVerificationError) as caught:
+        kms.get_verified_app_env_encrypt_pubkey("phala", APP_IDS[0], trusted_signer=signer)
+    assert caught.value.reason == "invalid_trusted_signer"
+    with pytest.raises(SignatureVerificationError):
+        kms.get_app_env_encrypt_pubkeys("phala", APP_IDS, trusted_signer=signer)
+    with pytest.raises(SignatureVerificationError):
+        kms.encrypt_env_vars_for_app("phala", APP_IDS[0], {"A": "b"}, trusted_signer=signer)
+    assert server.total_requests == 0
