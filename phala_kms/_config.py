@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import ssl
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -113,6 +114,7 @@ class ClientConfig:
     connect_timeout: float
     retry: RetryPolicy
     max_connections: int
+    ssl_context: ssl.SSLContext | None = attrs.field(default=None, repr=False)
     max_response_bytes: int = 16 * 1024 * 1024
     user_agent: str = USER_AGENT
 
@@ -164,6 +166,15 @@ def _positive(name: str, value: float) -> float:
     return float(value)
 
 
+def _ssl_context(value: object) -> ssl.SSLContext | None:
+    if value is None or isinstance(value, ssl.SSLContext):
+        return value
+    raise ConfigurationError(
+        "ssl_context must be an ssl.SSLContext (e.g. ssl.create_default_context(cafile=...))",
+        setting="ssl_context",
+    )
+
+
 def resolve_config(
     *,
     api_key: str | None,
@@ -174,6 +185,7 @@ def resolve_config(
     max_retries: int,
     retry_policy: RetryPolicy | None,
     max_connections: int,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> ClientConfig:
     """Merge arguments with ``PHALA_CLOUD_API_KEY``/``PHALA_CLOUD_API_PREFIX`` and validate.
 
@@ -217,4 +229,5 @@ def resolve_config(
         connect_timeout=_positive("connect_timeout", connect_timeout),
         retry=retry_policy,
         max_connections=max_connections,
+        ssl_context=_ssl_context(ssl_context),
     )

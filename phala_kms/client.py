@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -16,7 +17,7 @@ from ._config import (
 from ._pagination import next_page
 from ._transport import Transport
 from ._validate import app_id_hex, bool_param, int_param, path_segment
-from .errors import InvalidArgumentError, PhalaKMSError
+from .errors import ConfigurationError, InvalidArgumentError, PhalaKMSError
 from .models import (
     AppEnvEncryptPubKey,
     KMSContract,
@@ -86,10 +87,15 @@ class AsyncKMSClient:
         retry_policy: Full control of retry timing; pass it instead of ``max_retries``.
         max_connections: The connection pool size for the client's own session; it
             also caps the concurrency of :meth:`get_app_env_encrypt_pubkeys`.
+        ssl_context: An ``ssl.SSLContext`` for the client's own session, e.g.
+            ``ssl.create_default_context(cafile="corp-ca.pem")`` to trust a private CA.
+            Default: the system's trust store, with certificate and host-name checks
+            (they cannot be turned off by accident: there is no ``verify=False``).
 
     Raises:
         ConfigurationError: A setting is unusable (bad base URL, non-positive
-            timeout, both ``max_retries`` and ``retry_policy`` given, ...).
+            timeout, both ``max_retries`` and ``retry_policy`` given, ``ssl_context``
+            together with ``session``, ...).
     """
 
     def __init__(
@@ -104,6 +110,7 @@ class AsyncKMSClient:
         connect_timeout: float = 10.0,
         retry_policy: RetryPolicy | None = None,
         max_connections: int = 100,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._config = resolve_config(
             api_key=api_key,
@@ -114,7 +121,14 @@ class AsyncKMSClient:
             max_retries=max_retries,
             retry_policy=retry_policy,
             max_connections=max_connections,
+            ssl_context=ssl_context,
         )
+        if session is not None and ssl_context is not None:
+            raise ConfigurationError(
+                "ssl_context applies to the client's own session; with session=..., set TLS"
+                " on that session's connector (aiohttp.TCPConnector(ssl=...))",
+                setting="ssl_context",
+            )
         if session is not None:
             limit = getattr(session.connector, "limit", 0) or self._config.max_connections
             self._pool_limit = min(limit, self._config.max_connections)

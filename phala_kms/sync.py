@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import os
+import ssl
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
@@ -155,6 +156,7 @@ class KMSClient:
         connect_timeout: TCP connect limit in seconds (default 10).
         retry_policy: Full control of retry timing, instead of ``max_retries``.
         max_connections: The connection pool size (default 100).
+        ssl_context: An ``ssl.SSLContext`` to trust a private CA (default: the system's).
 
     Raises:
         ConfigurationError: A setting is unusable (raised here, at construction).
@@ -171,6 +173,7 @@ class KMSClient:
         connect_timeout: float = 10.0,
         retry_policy: RetryPolicy | None = None,
         max_connections: int = 100,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         make_client = functools.partial(
             AsyncKMSClient,
@@ -182,6 +185,7 @@ class KMSClient:
             connect_timeout=connect_timeout,
             retry_policy=retry_policy,
             max_connections=max_connections,
+            ssl_context=ssl_context,
         )
         self._loop = _LoopThread(make_client)
         assert self._loop._client is not None
