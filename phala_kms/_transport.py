@@ -124,7 +124,11 @@ class Transport:
                 " it (async with AsyncKMSClient(...) as client:), or use KMSClient from sync code"
             )
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._config.max_connections, ttl_dns_cache=300)
+            connector = aiohttp.TCPConnector(
+                limit=self._config.max_connections,
+                ttl_dns_cache=300,
+                ssl=self._config.ssl_context if self._config.ssl_context is not None else True,
+            )
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, raise_for_status=False
             )
@@ -227,6 +231,10 @@ class Transport:
         except PhalaKMSError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            if self._closed:  # aclose() ran while this request was in flight
+                raise ClientStateError(
+                    f"the client was closed while GET {url} was in flight"
+                ) from exc
             raise self._map_exception(exc, url=url, timeout=timeout) from exc
         if 200 <= status < 300:
             return self._decode(status, resp_headers, body, url, model)
@@ -303,6 +311,8 @@ class Transport:
         started = time.monotonic()
         retry_number = 0
         while True:
+            if self._closed:  # aclose() ran during the retry wait
+                raise ClientStateError(f"the client was closed while GET {url} was retrying")
             timeout = self._config.timeout
             if policy.deadline is not None:
                 remaining = policy.deadline - (time.monotonic() - started)
