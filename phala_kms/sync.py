@@ -1,8 +1,11 @@
 """``KMSClient``: the blocking facade that runs ``AsyncKMSClient`` on its own event-loop thread.
 
 Design: each ``KMSClient`` starts, on first use, one daemon thread running an anyio
-event loop with a :class:`anyio.from_thread.BlockingPortal`. Every blocking method
-submits the very same ``AsyncKMSClient`` coroutine to that portal and waits for it.
+event loop (asyncio backend) held open by a :class:`anyio.from_thread.BlockingPortal`,
+which also shuts it down. Every blocking method submits the very same
+``AsyncKMSClient`` coroutine to that loop with ``asyncio.run_coroutine_threadsafe``
+and waits for it: the portal's own ``start_task_soon`` adds a task-group round trip
+that costs as much as a whole loopback request, so calls take the direct path.
 So it works from plain scripts, from many threads at once, and from inside a
 running event loop (Jupyter), and the caller's thread never gets an event loop
 created, set or closed on it.
@@ -16,15 +19,16 @@ created, set or closed on it.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import functools
 import os
 import ssl
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal
@@ -50,10 +54,13 @@ _SHUTDOWN_TIMEOUT = 10.0
 _ABANDONED_AFTER_FORK: list[object] = []
 
 
-def _run_portal(ready: concurrent.futures.Future[BlockingPortal]) -> None:
+_Started = tuple[BlockingPortal, asyncio.AbstractEventLoop]
+
+
+def _run_portal(ready: concurrent.futures.Future[_Started]) -> None:
     async def main() -> None:
         async with BlockingPortal() as portal:
-            ready.set_result(portal)
+            ready.set_result((portal, asyncio.get_running_loop()))
             await portal.sleep_until_stopped()
 
     try:
@@ -73,6 +80,7 @@ class _LoopThread:
         self._pid = os.getpid()
         self._client: AsyncKMSClient | None = make_client()
         self._portal: BlockingPortal | None = None
+        self._aloop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.closed = False
 
@@ -81,28 +89,29 @@ class _LoopThread:
         thread = self._thread
         return thread.ident if thread is not None else None
 
-    def get(self) -> tuple[BlockingPortal, AsyncKMSClient]:
-        portal, client = self._portal, self._client
-        if portal is not None and client is not None and self._pid == os.getpid():
-            return portal, client
+    def get(self) -> tuple[asyncio.AbstractEventLoop, AsyncKMSClient]:
+        loop, client = self._aloop, self._client
+        if loop is not None and client is not None and self._pid == os.getpid():
+            return loop, client
         with self._lock:
             if self.closed:
                 raise ClientStateError("this KMSClient is closed; create a new one")
             if self._pid != os.getpid():  # forked: the loop thread does not exist here
                 _ABANDONED_AFTER_FORK.append((self._portal, self._client, self._thread))
-                self._portal = self._thread = None
+                self._portal = self._aloop = self._thread = None
                 self._client = self._make_client()
                 self._pid = os.getpid()
             if self._portal is None:
-                ready: concurrent.futures.Future[BlockingPortal] = concurrent.futures.Future()
+                ready: concurrent.futures.Future[_Started] = concurrent.futures.Future()
                 thread = threading.Thread(
                     target=_run_portal, args=(ready,), name="phala-kms-loop", daemon=True
                 )
                 thread.start()
-                self._portal = ready.result()
+                self._portal, self._aloop = ready.result()
                 self._thread = thread
             assert self._client is not None
-            return self._portal, self._client
+            assert self._aloop is not None
+            return self._aloop, self._client
 
     def shutdown(self) -> None:
         with self._lock:
@@ -110,7 +119,7 @@ class _LoopThread:
                 return
             self.closed = True
             portal, client, thread = self._portal, self._client, self._thread
-            self._portal = self._client = self._thread = None
+            self._portal = self._aloop = self._client = self._thread = None
             if self._pid != os.getpid():
                 _ABANDONED_AFTER_FORK.append((portal, client, thread))
                 return
@@ -127,15 +136,15 @@ class _LoopThread:
 
 
 def _blocking(
-    method: Callable[Concatenate[AsyncKMSClient, P], Awaitable[R]],
+    method: Callable[Concatenate[AsyncKMSClient, P], Coroutine[Any, Any, R]],
 ) -> Callable[Concatenate[KMSClient, P], R]:
     """Make the blocking twin of an ``AsyncKMSClient`` coroutine method (same name,
     signature and docstring)."""
 
     @functools.wraps(method)
     def call(self: KMSClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        portal, client = self._loop.get()
-        return self._run(portal, functools.partial(method, client, *args, **kwargs))
+        loop, client = self._loop.get()
+        return self._run(loop, method(client, *args, **kwargs))
 
     return call
 
@@ -231,13 +240,18 @@ class KMSClient:
         self._loop.shutdown()
         self._finalizer.detach()
 
-    def _run(self, portal: BlockingPortal, func: Callable[[], Awaitable[R]]) -> R:
+    def _run(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, R]) -> R:
         if threading.get_ident() == self._loop.thread_ident:
+            coro.close()  # never started: close it so it is not reported as never awaited
             raise ClientStateError(
                 "a KMSClient method was called from the client's own event-loop thread"
                 " (e.g. inside an on_progress callback); use AsyncKMSClient there instead"
             )
-        future: concurrent.futures.Future[R] = portal.start_task_soon(func)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, loop)
+        except BaseException:  # the loop is gone (e.g. closed concurrently)
+            coro.close()
+            raise
         try:
             return future.result()
         except BaseException:
