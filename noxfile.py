@@ -111,10 +111,14 @@ def stress(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks: phala-kms vs bare aiohttp vs the official phala-cloud SDK."""
+    """Benchmarks: phala-kms vs bare aiohttp vs the official phala-cloud SDK (~4 min).
+
+    Arguments after ``--`` go to benchmarks/run.py (``--rounds``, ``--quick``, ``--json``).
+    """
     session.install("-e", ".[cli,test]")
     # phala-cloud pins pysha3, which does not build on Python 3.11+: install it without
-    # its dependencies, then the ones it really needs.
+    # its dependencies. The ones it really uses (dstack-sdk, httpx, pydantic) come with
+    # the test extra; name httpx and pydantic anyway in case that extra changes.
     session.install("--no-deps", "phala-cloud")
-    session.install("httpx", "pydantic", "eth-keys", "eth-utils", "psutil")
+    session.install("httpx", "pydantic")
     session.run("python", "benchmarks/run.py", *session.posargs)
