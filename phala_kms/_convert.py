@@ -20,7 +20,7 @@ carrying the status, request id and raw body.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar, get_args, get_origin
+from typing import Any, Optional, TypeVar, get_args, get_origin
 
 import attrs
 import cattrs
@@ -91,6 +91,22 @@ def _hex_field(n_bytes: int) -> Callable[[Any, Any], str]:
     return hook
 
 
+def _is_nullable(base: type) -> Callable[[Any], bool]:
+    nullable: Any = Optional[base]  # type: ignore[valid-type]  # noqa: UP045 - == `base | None`
+
+    def predicate(type_: Any) -> bool:
+        return bool(type_ == nullable)
+
+    return predicate
+
+
+def _nullable(hook: Callable[[Any, Any], T]) -> Callable[[Any, Any], T | None]:
+    def nullable_hook(value: Any, type_: Any) -> T | None:
+        return None if value is None else hook(value, type_)
+
+    return nullable_hook
+
+
 def _optional(hook: Callable[[Any, Any], str]) -> Callable[[Any, Any], str | None]:
     def optional_hook(value: Any, type_: Any) -> str | None:
         return None if value is None else hook(value, type_)
@@ -150,6 +166,11 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(str, _strict_str)
     conv.register_structure_hook(int, _strict_int)
     conv.register_structure_hook(bool, _strict_bool)
+    # Direct hooks for the nullable primitives: cattrs's generic Optional handling costs
+    # about a fifth of the time of decoding a /kms page.
+    conv.register_structure_hook_func(_is_nullable(str), _nullable(_strict_str))
+    conv.register_structure_hook_func(_is_nullable(int), _nullable(_strict_int))
+    conv.register_structure_hook_func(_is_nullable(bool), _nullable(_strict_bool))
     conv.register_structure_hook_factory(_is_homogeneous_tuple, _tuple_hook_factory)
     conv.register_structure_hook_factory(_is_model, _model_hook_factory)
     return conv
