@@ -92,7 +92,7 @@ def _hex_field(n_bytes: int) -> Callable[[Any, Any], str]:
 
 
 def _is_nullable(base: type) -> Callable[[Any], bool]:
-    nullable: Any = Optional[base]  # type: ignore[valid-type]  # noqa: UP045 - == `base | None`
+    nullable: Any = Optional[base]  # noqa: UP045 - equal to `base | None` on every Python
 
     def predicate(type_: Any) -> bool:
         return bool(type_ == nullable)
