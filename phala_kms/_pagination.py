@@ -1,12 +1,15 @@
-"""The paging rule shared by the async and blocking iterators."""
+"""The paging walk shared by the async and blocking iterators."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 from .models import Paginated
 
-__all__ = ["next_page"]
+__all__ = ["awalk_pages", "next_page", "walk_pages"]
+
+T = TypeVar("T")
 
 
 def next_page(requested: int, result: Paginated[Any]) -> int | None:
@@ -19,3 +22,22 @@ def next_page(requested: int, result: Paginated[Any]) -> int | None:
     if not result.items or requested >= result.pages:
         return None
     return requested + 1
+
+
+async def awalk_pages(fetch: Callable[[int], Awaitable[Paginated[T]]]) -> AsyncIterator[T]:
+    """Yield every item of every page, calling ``fetch(page)`` for pages 1, 2, ... in turn."""
+    page: int | None = 1
+    while page is not None:
+        result = await fetch(page)
+        for item in result.items:
+            yield item
+        page = next_page(page, result)
+
+
+def walk_pages(fetch: Callable[[int], Paginated[T]]) -> Iterator[T]:
+    """The blocking twin of :func:`awalk_pages`."""
+    page: int | None = 1
+    while page is not None:
+        result = fetch(page)
+        yield from result.items
+        page = next_page(page, result)

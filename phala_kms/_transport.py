@@ -257,7 +257,7 @@ class Transport:
     ) -> T:
         try:
             data = json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
             raise ResponseValidationError(
                 f"{status}: response body is not JSON ({exc}) [GET {url}]",
                 status=status,

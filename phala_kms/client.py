@@ -14,7 +14,7 @@ from ._config import (
     RetryPolicy,
     resolve_config,
 )
-from ._pagination import next_page
+from ._pagination import awalk_pages
 from ._transport import Transport
 from ._validate import app_id_hex, bool_param, int_param, path_segment
 from .errors import ConfigurationError, InvalidArgumentError, PhalaKMSError
@@ -174,11 +174,15 @@ class AsyncKMSClient:
 
     def _version(self, override: str | None, pinned: str | None = None) -> str:
         if override is not None:
-            if not isinstance(override, str) or not override.strip():
+            text = override.strip() if isinstance(override, str) else ""
+            # It becomes a header value: printable ASCII only (aiohttp would raise a bare
+            # ValueError for a control character, and non-ASCII is not portable).
+            if not text or not all(" " <= ch <= "~" for ch in text):
                 raise InvalidArgumentError(
-                    "api_version must be a non-empty str like '2026-06-23'", argument="api_version"
+                    "api_version must be a non-empty str of printable ASCII like '2026-06-23'",
+                    argument="api_version",
                 )
-            return override
+            return text
         return pinned or self._config.api_version
 
     # ------------------------------------------------------------------ node-centric
@@ -247,12 +251,12 @@ class AsyncKMSClient:
         Raises:
             The errors of :meth:`get_kms_list`, when the page that needs them is fetched.
         """
-        page: int | None = 1
-        while page is not None:
-            result = await self.get_kms_list(page, page_size, is_onchain, api_version=api_version)
-            for item in result.items:
-                yield item
-            page = next_page(page, result)
+        _page_params(1, page_size, is_onchain)  # bad arguments fail before any request
+        pages = awalk_pages(
+            lambda page: self.get_kms_list(page, page_size, is_onchain, api_version=api_version)
+        )
+        async for item in pages:
+            yield item
 
     async def get_kms_info(self, kms_id: str, *, api_version: str | None = None) -> KMSInfo:
         """Read one KMS node.
@@ -408,14 +412,14 @@ class AsyncKMSClient:
         Raises:
             The errors of :meth:`list_kms_contracts`, when the page that needs them is fetched.
         """
-        page: int | None = 1
-        while page is not None:
-            result = await self.list_kms_contracts(
+        _page_params(1, page_size, is_onchain)
+        pages = awalk_pages(
+            lambda page: self.list_kms_contracts(
                 page, page_size, is_onchain, api_version=api_version
             )
-            for item in result.items:
-                yield item
-            page = next_page(page, result)
+        )
+        async for item in pages:
+            yield item
 
     async def get_kms_contract(self, slug: str, *, api_version: str | None = None) -> KMSContract:
         """Read one KMS contract (contract-centric view).

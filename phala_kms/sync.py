@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from ._pagination import next_page
+from ._pagination import walk_pages
 from .client import AsyncKMSClient
 from .errors import ClientStateError
 from .models import KMSContract, KMSInfo
@@ -281,11 +281,9 @@ class KMSClient:
         *,
         api_version: str | None = None,
     ) -> Iterator[KMSInfo]:
-        page: int | None = 1
-        while page is not None:
-            result = self.get_kms_list(page, page_size, is_onchain, api_version=api_version)
-            yield from result.items
-            page = next_page(page, result)
+        return walk_pages(
+            lambda page: self.get_kms_list(page, page_size, is_onchain, api_version=api_version)
+        )
 
     def iter_kms_contracts(
         self,
@@ -294,11 +292,11 @@ class KMSClient:
         *,
         api_version: str | None = None,
     ) -> Iterator[KMSContract]:
-        page: int | None = 1
-        while page is not None:
-            result = self.list_kms_contracts(page, page_size, is_onchain, api_version=api_version)
-            yield from result.items
-            page = next_page(page, result)
+        return walk_pages(
+            lambda page: self.list_kms_contracts(
+                page, page_size, is_onchain, api_version=api_version
+            )
+        )
 
     iter_kms_list.__doc__ = AsyncKMSClient.iter_kms_list.__doc__
     iter_kms_contracts.__doc__ = AsyncKMSClient.iter_kms_contracts.__doc__
