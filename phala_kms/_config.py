@@ -23,6 +23,7 @@ __all__ = [
     "NODE_API_VERSION",
     "ClientConfig",
     "RetryPolicy",
+    "header_safe",
     "resolve_config",
 ]
 
@@ -137,17 +138,19 @@ def normalize_base_url(base_url: str) -> str:
     """
     url = base_url.strip().rstrip("/")
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(
-            f"base_url must be an absolute https:// URL, got {url!r}", setting="base_url"
-        )
+    # Messages never echo the URL: a key pasted into it (user info, query, fragment)
+    # must not reach a log through this error.
     if parts.username is not None or parts.password is not None:
         raise ConfigurationError(
             "base_url must not carry credentials; pass api_key instead", setting="base_url"
         )
     if parts.query or parts.fragment:
+        raise ConfigurationError("base_url must not have a query or fragment", setting="base_url")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
-            f"base_url must not have a query or fragment, got {url!r}", setting="base_url"
+            "base_url must be an absolute https:// URL such as"
+            f" {DEFAULT_BASE_URL!r} (got scheme {parts.scheme!r})",
+            setting="base_url",
         )
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise ConfigurationError(
@@ -164,6 +167,11 @@ def _positive(name: str, value: float) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise ConfigurationError(f"{name} must be > 0 seconds, got {value!r}", setting=name)
     return float(value)
+
+
+def header_safe(value: str) -> bool:
+    """Whether ``value`` can be sent as an HTTP header value: printable ASCII only."""
+    return value.isascii() and value.isprintable()
 
 
 def _ssl_context(value: object) -> ssl.SSLContext | None:
@@ -201,6 +209,12 @@ def resolve_config(
         if not isinstance(api_key, str):
             raise ConfigurationError("api_key must be a str", setting="api_key")
         api_key = api_key.strip() or None
+        if api_key is not None and not header_safe(api_key):
+            raise ConfigurationError(
+                "api_key must be printable ASCII (it is sent as the X-API-Key header);"
+                " check for a stray newline or quote",
+                setting="api_key",
+            )
     if base_url is None:
         base_url = os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
     if api_version is None:
@@ -208,6 +222,11 @@ def resolve_config(
     if not isinstance(api_version, str) or not api_version.strip():
         raise ConfigurationError(
             f"api_version must be a non-empty str, got {api_version!r}", setting="api_version"
+        )
+    if not header_safe(api_version.strip()):
+        raise ConfigurationError(
+            f"api_version must be printable ASCII like '2026-06-23', got {api_version!r}",
+            setting="api_version",
         )
     if retry_policy is None:
         retry_policy = RetryPolicy(max_retries=max_retries)

@@ -191,7 +191,7 @@ def structure(value: Any, type_: type[T]) -> T:
 
     Raises:
         DecodeError: The value does not fit; ``problems`` lists each mismatch with
-            its JSON path, e.g. ``"$.items[0].url: expected a string, got integer"``.
+            its JSON path, e.g. ``"expected a string, got integer @ $.items[0].url"``.
     """
     try:
         return converter.structure(value, type_)

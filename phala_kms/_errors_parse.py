@@ -148,7 +148,7 @@ def make_status_error(
 
     try:
         data: Any = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep to parse
         data = None
         message = _text_message(text)
     if isinstance(data, Mapping):

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from .errors import InvalidArgumentError
 
-__all__ = ["app_id_hex", "bool_param", "int_param", "path_segment"]
+__all__ = ["app_id_hex", "bool_param", "int_param", "kms_segment", "path_segment"]
 
 MAX_SEGMENT_CHARS = 256
 """The longest id, slug or chain name accepted, in characters."""
@@ -52,8 +52,8 @@ def path_segment(value: object, argument: str) -> str:
     value can never change the request path.
 
     Raises:
-        InvalidArgumentError: Not a str, empty or blank, ``.`` or ``..``, or longer
-            than 256 characters.
+        InvalidArgumentError: Not a str, empty or blank, ``.`` or ``..``, longer
+            than 256 characters, or not encodable as UTF-8.
     """
     if not isinstance(value, str):
         raise InvalidArgumentError(
@@ -68,7 +68,34 @@ def path_segment(value: object, argument: str) -> str:
             f"{argument} is {len(value)} characters; at most {MAX_SEGMENT_CHARS} are accepted",
             argument=argument,
         )
-    return quote(value, safe="")
+    try:
+        return quote(value, safe="")
+    except UnicodeEncodeError:  # a lone surrogate: not encodable as UTF-8
+        raise InvalidArgumentError(
+            f"{argument} must be valid Unicode text (it holds a lone surrogate)",
+            argument=argument,
+        ) from None
+
+
+RESERVED_KMS_SEGMENTS = frozenset({"on-chain"})
+"""Ids the API's own routes shadow: ``/kms/on-chain/...`` is the on-chain detail route."""
+
+
+def kms_segment(value: object, argument: str) -> str:
+    """:func:`path_segment` for a KMS id or slug directly under ``/kms/``.
+
+    Raises:
+        InvalidArgumentError: As :func:`path_segment`, or the value is ``"on-chain"``,
+            which the API routes to its on-chain detail endpoint instead.
+    """
+    segment = path_segment(value, argument)
+    if segment in RESERVED_KMS_SEGMENTS:
+        raise InvalidArgumentError(
+            f"{argument} {value!r} names an API route, not a KMS;"
+            " use get_kms_on_chain_detail(chain) for on-chain KMS",
+            argument=argument,
+        )
+    return segment
 
 
 def int_param(value: object, argument: str, low: int, high: int | None = None) -> str:

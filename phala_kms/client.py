@@ -12,11 +12,12 @@ from ._config import (
     NODE_API_VERSION,
     ClientConfig,
     RetryPolicy,
+    header_safe,
     resolve_config,
 )
 from ._pagination import awalk_pages
 from ._transport import Transport
-from ._validate import app_id_hex, bool_param, int_param, path_segment
+from ._validate import app_id_hex, bool_param, int_param, kms_segment, path_segment
 from .errors import ConfigurationError, InvalidArgumentError, PhalaKMSError
 from .models import (
     AppEnvEncryptPubKey,
@@ -177,7 +178,7 @@ class AsyncKMSClient:
             text = override.strip() if isinstance(override, str) else ""
             # It becomes a header value: printable ASCII only (aiohttp would raise a bare
             # ValueError for a control character, and non-ASCII is not portable).
-            if not text or not all(" " <= ch <= "~" for ch in text):
+            if not text or not header_safe(text):
                 raise InvalidArgumentError(
                     "api_version must be a non-empty str of printable ASCII like '2026-06-23'",
                     argument="api_version",
@@ -272,12 +273,13 @@ class AsyncKMSClient:
             The ``KMSInfo``.
 
         Raises:
-            InvalidArgumentError: ``kms_id`` is empty, ``.``/``..``, or over 256 characters.
+            InvalidArgumentError: ``kms_id`` is empty, ``.``/``..``, over 256 characters,
+                or ``"on-chain"`` (an API route, not a KMS); nothing is sent.
             NotFoundError: No such KMS (404, ``error_code`` ``ERR-02-011``).
             ConfigurationError, ClientStateError, TransportError, APIStatusError,
             RedirectError, ResponseValidationError: as in :meth:`get_kms_list`.
         """
-        segment = path_segment(kms_id, "kms_id")
+        segment = kms_segment(kms_id, "kms_id")
         return await self._transport.get(
             f"/kms/{segment}", KMSInfo, version=self._version(api_version, NODE_API_VERSION)
         )
@@ -305,12 +307,13 @@ class AsyncKMSClient:
             ``timestamp``/``signature_v1`` when the server sends them.
 
         Raises:
-            InvalidArgumentError: A malformed ``app_id`` or ``kms``; nothing is sent.
+            InvalidArgumentError: A malformed ``app_id`` or ``kms`` (``"on-chain"`` is an
+                API route, not a KMS); nothing is sent.
             NotFoundError: No such KMS.
             ConfigurationError, ClientStateError, TransportError, APIStatusError,
             RedirectError, ResponseValidationError: as in :meth:`get_kms_list`.
         """
-        segment = path_segment(kms, "kms")
+        segment = kms_segment(kms, "kms")
         app = app_id_hex(app_id)
         return await self._transport.get(
             f"/kms/{segment}/pubkey/{app}", AppEnvEncryptPubKey, version=self._version(api_version)
@@ -436,12 +439,13 @@ class AsyncKMSClient:
             The ``KMSContract``.
 
         Raises:
-            InvalidArgumentError: ``slug`` is empty or malformed; nothing is sent.
+            InvalidArgumentError: ``slug`` is empty, malformed or ``"on-chain"``;
+                nothing is sent.
             NotFoundError: No such contract.
             ConfigurationError, ClientStateError, TransportError, APIStatusError,
             RedirectError, ResponseValidationError: as in :meth:`get_kms_list`.
         """
-        segment = path_segment(slug, "slug")
+        segment = kms_segment(slug, "slug")
         return await self._transport.get(
             f"/kms/{segment}", KMSContract, version=self._version(api_version, CONTRACT_API_VERSION)
         )
@@ -461,12 +465,13 @@ class AsyncKMSClient:
             ``KMSContractNodes`` with ``items`` and ``total``.
 
         Raises:
-            InvalidArgumentError: ``slug`` is empty or malformed; nothing is sent.
+            InvalidArgumentError: ``slug`` is empty, malformed or ``"on-chain"``;
+                nothing is sent.
             NotFoundError: No such contract.
             ConfigurationError, ClientStateError, TransportError, APIStatusError,
             RedirectError, ResponseValidationError: as in :meth:`get_kms_list`.
         """
-        segment = path_segment(slug, "slug")
+        segment = kms_segment(slug, "slug")
         return await self._transport.get(
             f"/kms/{segment}/nodes",
             KMSContractNodes,
@@ -643,7 +648,7 @@ class AsyncKMSClient:
                 :class:`~phala_kms.errors.SignatureVerificationError`).
         """
         int_param(concurrency, "concurrency", 1)
-        path_segment(kms, "kms")
+        kms_segment(kms, "kms")
         self._version(api_version)
         if trusted_signer is not None:
             from .crypto import check_trusted_signer

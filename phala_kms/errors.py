@@ -253,7 +253,8 @@ class ResponseValidationError(APIResponseError):
 
     Attributes:
         model: The name of the model the body was decoded into, e.g. ``"KMSInfo"``.
-        problems: One line per problem found, e.g. ``"$.items[0].url: expected str, got int"``.
+        problems: One line per problem found, e.g.
+            ``"expected a string, got integer @ $.items[0].url"``.
     """
 
     model: str | None = None

@@ -49,6 +49,9 @@ R = TypeVar("R")
 _SHUTDOWN_TIMEOUT = 10.0
 """Seconds :meth:`KMSClient.close` waits for the loop thread to finish."""
 
+_WAIT_SLICE = 0.1
+"""Seconds a blocking call waits at a time, so an interrupt is seen within this long."""
+
 # Objects inherited from the parent across fork(): kept alive, never touched, so
 # their finalizers do not try to close the parent's sockets from the child.
 _ABANDONED_AFTER_FORK: list[object] = []
@@ -253,11 +256,22 @@ class KMSClient:
             coro.close()
             raise
         try:
-            return future.result()
+            # Wait in short slices: a wait without a timeout cannot be interrupted on
+            # every platform (e.g. by _thread.interrupt_main(), or Ctrl-C on Windows).
+            while True:
+                try:
+                    return future.result(timeout=_WAIT_SLICE)
+                except concurrent.futures.TimeoutError:
+                    if future.done():  # the call itself raised a TimeoutError (ours subclass it)
+                        return future.result()
+        except concurrent.futures.CancelledError:
+            if self._loop.closed:  # close() from another thread cancelled this call
+                raise ClientStateError("the KMSClient was closed while this call ran") from None
+            raise
         except BaseException:
             if not future.done():
                 future.cancel()  # cancels the task on the loop thread
-                concurrent.futures.wait([future], timeout=_SHUTDOWN_TIMEOUT)
+                concurrent.futures.wait((future,), timeout=_SHUTDOWN_TIMEOUT)
             raise
 
     get_kms_list = _blocking(AsyncKMSClient.get_kms_list)

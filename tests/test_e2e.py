@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +38,11 @@ def server() -> Iterator[FakeKMSServer]:
 
 @pytest.fixture(autouse=True)
 def _reset(server: FakeKMSServer) -> None:
+    # A previous test may have cancelled requests still on their way to the shared server.
+    deadline = time.monotonic() + 5
+    while server.in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.02)
     server.reset()
     server.timestamped_signatures = False
 
@@ -179,8 +185,6 @@ def test_timestamped_signature_is_preferred(kms: Any, server: FakeKMSServer) -> 
             )
         assert caught.value.reason == "stale_timestamp"
     finally:
-        import time
-
         server.clock = time.time
 
 

@@ -113,8 +113,9 @@ def test_sync_client_after_errors_leaves_no_thread(server: FakeKMSServer) -> Non
     client.close()
     assert portal_threads() == before
     assert threading.active_count() == baseline
-    refused = KMSClient(server.api_key, f"http://127.0.0.1:{closed_port()}/api/v1",
-                        retry_policy=NO_WAIT)
+    refused = KMSClient(
+        server.api_key, f"http://127.0.0.1:{closed_port()}/api/v1", retry_policy=NO_WAIT
+    )
     with pytest.raises(ConnectRefusedError):
         refused.get_kms_info("phala")
     refused.close()
@@ -264,12 +265,6 @@ with FakeKMSServer.in_thread(phala_node_count=1) as server:
 
 @pytest.mark.timeout(30)
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: KMSClient._run blocks in future.result() with no timeout, so"
-    " _thread.interrupt_main() (and Ctrl-C where lock waits are not interruptible, e.g."
-    " Windows) is only seen once the request completes on its own",
-)
 def test_interrupt_main_in_the_sync_facade_is_prompt() -> None:
     # In a subprocess: a KeyboardInterrupt that arrives late must not hit pytest itself.
     proc = run_script(INTERRUPT_MAIN_SCRIPT)
@@ -294,11 +289,6 @@ async def test_aclose_while_a_call_waits_to_retry() -> None:
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when another thread closes a KMSClient, a call waiting to retry is cancelled"
-    " and its caller gets a bare concurrent.futures.CancelledError, not a ClientStateError",
-)
 def test_close_while_another_thread_waits_to_retry_is_prompt(server: FakeKMSServer) -> None:
     server.inject("kms_info", StatusFault(503, retry_after=1.5), times=1)
     client = KMSClient(server.api_key, server.base_url)
@@ -498,11 +488,28 @@ def test_the_leak_check_fires(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [
-            sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-W", "error",
-            "-o", "addopts=", "-o", "asyncio_default_fixture_loop_scope=function",
-            "--rootdir", str(tmp_path), str(tmp_path / "test_leaky.py"),
+            sys.executable,
+            "-m",
+            "pytest",
+            "-v",
+            "-p",
+            "no:cacheprovider",
+            "-W",
+            "error",
+            "-o",
+            "addopts=",
+            "-o",
+            "asyncio_default_fixture_loop_scope=function",
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path / "test_leaky.py"),
         ],
-        capture_output=True, text=True, timeout=50, env=env, cwd=tmp_path, check=False,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=env,
+        cwd=tmp_path,
+        check=False,
     )
     out = proc.stdout
     assert proc.returncode == 1, out

@@ -620,11 +620,20 @@ class FakeKMSServer:
         api = _PREFIX
         # Fixed paths first, so "{kms_id}"-style routes cannot capture them.
         add(api + "/kms", self._guard(self._kms_list), name="kms_list")
-        add(api + "/kms/on-chain/{chain}", self._guard(self._onchain), name="onchain_kms")
+        # "[^/]+" (not aiohttp's default "[^{}/]+") so ids holding braces still route.
+        add(api + "/kms/on-chain/{chain:[^/]+}", self._guard(self._onchain), name="onchain_kms")
         add(api + "/kms/phala/next_app_id", self._guard(self._next_app_id), name="next_app_id")
-        add(api + "/kms/{kms_id}", self._guard(self._kms_info), name="kms_info")
-        add(api + "/kms/{slug}/nodes", self._guard(self._contract_nodes), name="contract_nodes")
-        add(api + "/kms/{kms}/pubkey/{app_id}", self._guard(self._pubkey), name="app_pubkey")
+        add(api + "/kms/{kms_id:[^/]+}", self._guard(self._kms_info), name="kms_info")
+        add(
+            api + "/kms/{slug:[^/]+}/nodes",
+            self._guard(self._contract_nodes),
+            name="contract_nodes",
+        )
+        add(
+            api + "/kms/{kms:[^/]+}/pubkey/{app_id:[^/]+}",
+            self._guard(self._pubkey),
+            name="app_pubkey",
+        )
         add("/{tail:.*}", self._fallback, name="not_found")
         return app
 
