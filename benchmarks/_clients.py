@@ -127,9 +127,7 @@ class BareAiohttp(Contender):
         headers = {"X-Phala-Version": NODE_API_VERSION}
         while True:
             params = {"page": str(page), "page_size": str(PAGE_SIZE)}
-            async with session.get(
-                f"{self.base_url}/kms", params=params, headers=headers
-            ) as resp:
+            async with session.get(f"{self.base_url}/kms", params=params, headers=headers) as resp:
                 resp.raise_for_status()
                 data = await resp.json()
             count += len(data["items"])

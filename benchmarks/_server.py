@@ -69,7 +69,7 @@ class ServerProcess:
             if not line or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("the fake server did not start")
-            name, _, value = line.strip().partition("=")
+            name, _, value = line.strip().removeprefix("export ").partition("=")
             if name == "PHALA_CLOUD_API_PREFIX":
                 self.base_url = value
             elif name == "PHALA_CLOUD_API_KEY":

@@ -132,7 +132,10 @@ class Meter:
 
 
 def run_http(
-    contender: Contender, scenario: Scenario, ids: Sequence[str], warm: Sequence[str],
+    contender: Contender,
+    scenario: Scenario,
+    ids: Sequence[str],
+    warm: Sequence[str],
     server: ServerProcess,
 ) -> dict[str, float]:
     """One timed run: open a client, warm it (untimed), time the operation, close."""
@@ -217,7 +220,8 @@ def warm_server(server: ServerProcess, ids: Sequence[str]) -> dict[str, float]:
             await asyncio.gather(*(one(app) for app in ids))
             params = {"page": "1", "page_size": "100"}
             async with session.get(
-                f"{server.base_url}/kms", params=params,
+                f"{server.base_url}/kms",
+                params=params,
                 headers={"X-Phala-Version": NODE_API_VERSION},
             ) as r:
                 r.raise_for_status()
@@ -239,9 +243,10 @@ def fetch_kms_page(server: ServerProcess) -> bytes:
 
     async def main() -> bytes:
         headers = {"X-API-Key": server.api_key, "X-Phala-Version": NODE_API_VERSION}
-        async with aiohttp.ClientSession(headers=headers) as session, session.get(
-            f"{server.base_url}/kms", params={"page": "1", "page_size": "100"}
-        ) as resp:
+        async with (
+            aiohttp.ClientSession(headers=headers) as session,
+            session.get(f"{server.base_url}/kms", params={"page": "1", "page_size": "100"}) as resp,
+        ):
             resp.raise_for_status()
             return await resp.read()
 
@@ -253,9 +258,19 @@ def fetch_kms_page(server: ServerProcess) -> bytes:
 
 def rss_child(name: str, count: int, server: ServerProcess) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, str(HERE / "_clients.py"), "rss", name, str(count),
-         server.base_url, server.api_key],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            str(HERE / "_clients.py"),
+            "rss",
+            name,
+            str(count),
+            server.base_url,
+            server.api_key,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     if out.returncode != 0:
         raise RuntimeError(f"RSS child {name} {count} failed:\n{out.stderr[-2000:]}")
@@ -277,7 +292,11 @@ def import_seconds(statement: str, pycache: str) -> float:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     out = subprocess.run(
         [sys.executable, "-X", f"pycache_prefix={pycache}", "-c", code],
-        capture_output=True, text=True, env=env, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
     )
     return float(out.stdout.strip())
 
@@ -295,8 +314,8 @@ def micro_cases(body: bytes, pc_ok: bool) -> dict[str, Callable[[], object]]:
     if pc_ok:
         from phala_cloud.models import GetKmsListResponse
 
-        cases["decode: json.loads + pydantic GetKmsListResponse (phala-cloud)"] = (
-            lambda: GetKmsListResponse.model_validate(json.loads(body))
+        cases["decode: json.loads + pydantic GetKmsListResponse (phala-cloud)"] = lambda: (
+            GetKmsListResponse.model_validate(json.loads(body))
         )
     for name, func in bench_crypto._cases().items():
         label = name.replace("baseline: dstack_sdk", "dstack_sdk (= phala-cloud's)")
@@ -345,8 +364,18 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     versions = {}
-    for dist in ("phala-kms", "aiohttp", "cattrs", "attrs", "phala-cloud", "httpx", "pydantic",
-                 "dstack-sdk", "coincurve", "cryptography"):
+    for dist in (
+        "phala-kms",
+        "aiohttp",
+        "cattrs",
+        "attrs",
+        "phala-cloud",
+        "httpx",
+        "pydantic",
+        "dstack-sdk",
+        "coincurve",
+        "cryptography",
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -365,33 +394,53 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
-    parser.add_argument("--pc-rounds", type=int, default=3,
-                        help="of those, how many include the slow phala-cloud HTTP runs (3)")
-    parser.add_argument("--rss-rounds", type=int, default=3,
-                        help="of those, how many include the RSS children (3; phala-cloud: 1)")
+    parser.add_argument(
+        "--pc-rounds",
+        type=int,
+        default=3,
+        help="of those, how many include the slow phala-cloud HTTP runs (3)",
+    )
+    parser.add_argument(
+        "--rss-rounds",
+        type=int,
+        default=3,
+        help="of those, how many include the RSS children (3; phala-cloud: 1)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument(
-        "--json", type=Path, default=HERE / "results" / "latest.json",
+        "--json",
+        type=Path,
+        default=HERE / "results" / "latest.json",
         help="where to write the raw figures (benchmarks/results/latest.json)",
     )
-    parser.add_argument("--min-time", type=float, default=0.1,
-                        help="seconds per micro-benchmark round (0.1)")
-    parser.add_argument("--import-samples", type=int, default=3,
-                        help="fresh-interpreter imports per statement per round (3)")
+    parser.add_argument(
+        "--min-time", type=float, default=0.1, help="seconds per micro-benchmark round (0.1)"
+    )
+    parser.add_argument(
+        "--import-samples",
+        type=int,
+        default=3,
+        help="fresh-interpreter imports per statement per round (3)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     sizes = QUICK if args.quick else FULL
     info = machine()
-    print(f"phala-kms benchmarks: Python {info['python']}, {info['cpu_count']} cores, "
-          f"{info['cpu_model']}, load average {info['load_average_at_start'][0]:.2f}")
+    print(
+        f"phala-kms benchmarks: Python {info['python']}, {info['cpu_count']} cores, "
+        f"{info['cpu_model']}, load average {info['load_average_at_start'][0]:.2f}"
+    )
 
     ids = app_ids(max(sizes.rss_large, sizes.fanout, sizes.sequential))
     warm = app_ids(sizes.warm_ids, offset=len(ids))
     # 995 off-chain + 5 on-chain nodes: exactly 50 pages of 20.
     nodes = sizes.pages * PAGE_SIZE - 5
     raw: dict[str, Any] = {
-        "machine": info, "sizes": sizes.__dict__, "rounds": args.rounds,
-        "pc_rounds": args.pc_rounds, "rss_rounds": args.rss_rounds,
+        "machine": info,
+        "sizes": sizes.__dict__,
+        "rounds": args.rounds,
+        "pc_rounds": args.pc_rounds,
+        "rss_rounds": args.rss_rounds,
     }
     http_runs: list[dict[str, Any]] = []
     rss_runs: list[dict[str, Any]] = []
@@ -401,8 +450,10 @@ def main(argv: list[str] | None = None) -> int:
     with ServerProcess(phala_node_count=nodes, signature_cache_size=2 * len(ids)) as server:
         print(f"fake server pid {server.pid} at {server.base_url}; warming its cache ...")
         raw["server_warm_up"] = warmed = warm_server(server, [*ids, *warm])
-        print(f"server CPU per pubkey request: {warmed['first_pass_server_cpu_us_per_request']:.0f}"
-              f" us signing, {warmed['second_pass_server_cpu_us_per_request']:.0f} us cached")
+        print(
+            f"server CPU per pubkey request: {warmed['first_pass_server_cpu_us_per_request']:.0f}"
+            f" us signing, {warmed['second_pass_server_cpu_us_per_request']:.0f} us cached"
+        )
         contenders = make_contenders(server.base_url, server.api_key)
         pc_problem = contenders["pc_async"].unavailable
         if pc_problem:
@@ -422,13 +473,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {round_no + 1}/{args.rounds}:", end="", flush=True)
                 for scenario in plan:
                     t0 = time.perf_counter()
-                    names = [n for n in scenario.contenders if not contenders[n].unavailable
-                             and (round_no < args.pc_rounds or not n.startswith("pc_"))]
+                    names = [
+                        n
+                        for n in scenario.contenders
+                        if not contenders[n].unavailable
+                        and (round_no < args.pc_rounds or not n.startswith("pc_"))
+                    ]
                     shift = round_no % len(names)
                     for name in names[shift:] + names[:shift]:  # rotate the order per round
-                        run = guarded(contenders[name], lambda name=name, scenario=scenario:
-                                      run_http(contenders[name], scenario, ids[: scenario.count],
-                                               warm, server))
+                        run = guarded(
+                            contenders[name],
+                            lambda name=name, scenario=scenario: run_http(
+                                contenders[name], scenario, ids[: scenario.count], warm, server
+                            ),
+                        )
                         run.update(scenario=scenario.key, contender=name, round=round_no + 1)
                         http_runs.append(run)
                     print(f" {scenario.key} {time.perf_counter() - t0:.0f} s,", end="", flush=True)
@@ -439,8 +497,10 @@ def main(argv: list[str] | None = None) -> int:
                     if contenders[name].unavailable or round_no >= limit:
                         continue
                     for count in (sizes.rss_small, sizes.rss_large):
-                        rss = guarded(contenders[name], lambda name=name, count=count:
-                                      rss_child(name, count, server))
+                        rss = guarded(
+                            contenders[name],
+                            lambda name=name, count=count: rss_child(name, count, server),
+                        )
                         rss.update(contender=name, ids=count, round=round_no + 1)
                         rss_runs.append(rss)
                 print(f" rss {time.perf_counter() - t0:.0f} s,", end="", flush=True)
@@ -456,15 +516,23 @@ def main(argv: list[str] | None = None) -> int:
         raw["server_rss_bytes_at_end"] = server.rss_bytes()
 
     elapsed = time.perf_counter() - started
-    raw.update(http=http_runs, rss=rss_runs, imports=import_runs,
-               micro={k: {"ops_per_sec_rounds": v, "calls_per_round": numbers[k]}
-                      for k, v in micro_runs.items()},
-               elapsed_s=elapsed)
+    raw.update(
+        http=http_runs,
+        rss=rss_runs,
+        imports=import_runs,
+        micro={
+            k: {"ops_per_sec_rounds": v, "calls_per_round": numbers[k]}
+            for k, v in micro_runs.items()
+        },
+        elapsed_s=elapsed,
+    )
     summary = report(plan, contenders, http_runs, rss_runs, import_runs, micro_runs, sizes)
     raw["summary"] = summary
-    print(f"\ntotal bench time {elapsed:.0f} s ({args.rounds} rounds, phala-cloud in "
-          f"{min(args.pc_rounds, args.rounds)}"
-          f"{', quick sizes' if args.quick else ''})")
+    print(
+        f"\ntotal bench time {elapsed:.0f} s ({args.rounds} rounds, phala-cloud in "
+        f"{min(args.pc_rounds, args.rounds)}"
+        f"{', quick sizes' if args.quick else ''})"
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(raw, indent=2, default=str) + "\n")
     print(f"raw figures: {args.json}")
@@ -472,30 +540,42 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(
-    plan: list[Scenario], contenders: dict[str, Contender], http_runs: list[dict[str, Any]],
-    rss_runs: list[dict[str, Any]], import_runs: dict[str, list[float]],
-    micro_runs: dict[str, list[float]], sizes: Sizes,
+    plan: list[Scenario],
+    contenders: dict[str, Contender],
+    http_runs: list[dict[str, Any]],
+    rss_runs: list[dict[str, Any]],
+    import_runs: dict[str, list[float]],
+    micro_runs: dict[str, list[float]],
+    sizes: Sizes,
 ) -> dict[str, Any]:
     """Print the table and the targets; return the medians and verdicts."""
     summary: dict[str, Any] = {"http": {}, "targets": []}
-    print("\nHTTP scenarios (median of rounds; ratio = this row's figure / the baseline's;"
-          " phala-cloud baseline of the same style, async or sync)")
-    header = (f"  {'contender':<28}{'median':>10} {'unit':<12}{'vs aiohttp':>11}"
-              f"{'vs phala-cloud':>15}{'client CPU/req':>16}{'server CPU':>12}")
+    print(
+        "\nHTTP scenarios (median of rounds; ratio = this row's figure / the baseline's;"
+        " phala-cloud baseline of the same style, async or sync)"
+    )
+    header = (
+        f"  {'contender':<28}{'median':>10} {'unit':<12}{'vs aiohttp':>11}"
+        f"{'vs phala-cloud':>15}{'client CPU/req':>16}{'server CPU':>12}"
+    )
     for scenario in plan:
         better = "higher" if scenario.higher_is_better else "lower"
         print(f"\n{scenario.title}  ({scenario.unit}, {better} is better)")
         print(header)
         medians: dict[str, dict[str, float]] = {}
         for name in scenario.contenders:
-            runs = [r for r in http_runs if r["scenario"] == scenario.key and r["contender"] == name
-                    and "error" not in r]
+            runs = [
+                r
+                for r in http_runs
+                if r["scenario"] == scenario.key and r["contender"] == name and "error" not in r
+            ]
             if not runs:
                 continue
             medians[name] = {
                 "value": median([metric(scenario, r) for r in runs]),
                 "client_cpu_us_per_request": median(
-                    [r["client_cpu_s"] / r["requests"] * 1e6 for r in runs]),
+                    [r["client_cpu_s"] / r["requests"] * 1e6 for r in runs]
+                ),
                 "server_cpu_share": median([r["server_cpu_s"] / r["wall_s"] for r in runs]),
                 "rounds": len(runs),
             }
@@ -503,8 +583,11 @@ def report(
         for name in scenario.contenders:
             contender = contenders[name]
             if name not in medians:
-                errors = [r["error"] for r in http_runs if r["contender"] == name
-                          and r["scenario"] == scenario.key and "error" in r]
+                errors = [
+                    r["error"]
+                    for r in http_runs
+                    if r["contender"] == name and r["scenario"] == scenario.key and "error" in r
+                ]
                 reason = contender.unavailable or (f"failed: {errors[0]}" if errors else "not run")
                 print(f"  {contender.label:<28}{'unavailable':>10}  ({reason[:90]})")
                 continue
@@ -520,10 +603,13 @@ def report(
                 f"{row['server_cpu_share']:>11.0%}"
             )
 
-    print("\npeak RSS of a fresh process fanning out at concurrency 64 (VmHWM, MB; "
-          "median of rounds)")
-    print(f"  {'contender':<28}{f'{sizes.rss_small:,} ids':>10}{f'{sizes.rss_large:,} ids':>11}"
-          f"{'growth':>9}{'RSS before fan-out':>20}")
+    print(
+        "\npeak RSS of a fresh process fanning out at concurrency 64 (VmHWM, MB; median of rounds)"
+    )
+    print(
+        f"  {'contender':<28}{f'{sizes.rss_small:,} ids':>10}{f'{sizes.rss_large:,} ids':>11}"
+        f"{'growth':>9}{'RSS before fan-out':>20}"
+    )
     rss_summary: dict[str, dict[str, float]] = {}
     for name in ("aiohttp", "async", "sync", "pc_async", "pc_sync"):
         runs = [r for r in rss_runs if r["contender"] == name and "error" not in r]
@@ -536,19 +622,25 @@ def report(
         small, large = median(small_runs) / MB, median(large_runs) / MB
         before = median([r["rss_before_fanout"] for r in runs]) / MB
         rss_summary[name] = {"small_mb": small, "large_mb": large, "before_mb": before}
-        print(f"  {contenders[name].label:<28}{small:>10.1f}{large:>11.1f}"
-              f"{large - small:>+9.1f}{before:>20.1f}   (n={len(large_runs)})")
+        print(
+            f"  {contenders[name].label:<28}{small:>10.1f}{large:>11.1f}"
+            f"{large - small:>+9.1f}{before:>20.1f}   (n={len(large_runs)})"
+        )
     summary["rss"] = rss_summary
 
     print("\nimport time in a fresh interpreter (ms, median; start-up excluded, .pyc warm)")
     import_medians = {k: median(v) * 1e3 for k, v in import_runs.items() if v}
     for label, value in import_medians.items():
-        print(f"  {label:<40}{value:>8.1f} ms{ratio(value, import_medians['import aiohttp']):>9}"
-              f"  (n={len(import_runs[label])})")
+        print(
+            f"  {label:<40}{value:>8.1f} ms{ratio(value, import_medians['import aiohttp']):>9}"
+            f"  (n={len(import_runs[label])})"
+        )
     summary["imports_ms"] = import_medians
 
-    print("\nmicro-benchmarks (ops/s, median of rounds; 100-item /kms page; crypto from "
-          "bench_crypto.py)")
+    print(
+        "\nmicro-benchmarks (ops/s, median of rounds; 100-item /kms page; crypto from "
+        "bench_crypto.py)"
+    )
     micro_medians = {k: median(v) for k, v in micro_runs.items()}
     loads = micro_medians.get("decode: json.loads only", float("nan"))
     for name, ops in micro_medians.items():
@@ -572,42 +664,86 @@ def report(
     targets: list[tuple[str, float, str, bool, str]] = []
     fan = value("fanout", "async") / value("fanout", "aiohttp")
     fan_cpu = cpu("fanout", "aiohttp") / cpu("fanout", "async")
-    targets.append(("fan-out throughput AsyncKMSClient / bare aiohttp (c=64)", fan, ">= 0.85",
-                    fan >= 0.85, f"by client CPU per request: {fan_cpu:.2f}"))
+    targets.append(
+        (
+            "fan-out throughput AsyncKMSClient / bare aiohttp (c=64)",
+            fan,
+            ">= 0.85",
+            fan >= 0.85,
+            f"by client CPU per request: {fan_cpu:.2f}",
+        )
+    )
     seq_async = value("sequential", "async") / value("sequential", "aiohttp")
-    targets.append(("sequential per-call cost AsyncKMSClient / bare aiohttp", seq_async,
-                    "<= 1.25", seq_async <= 1.25,
-                    f"client CPU: {cpu('sequential', 'async') / cpu('sequential', 'aiohttp'):.2f}"))
+    targets.append(
+        (
+            "sequential per-call cost AsyncKMSClient / bare aiohttp",
+            seq_async,
+            "<= 1.25",
+            seq_async <= 1.25,
+            f"client CPU: {cpu('sequential', 'async') / cpu('sequential', 'aiohttp'):.2f}",
+        )
+    )
     seq_sync = value("sequential", "sync") / value("sequential", "aiohttp")
-    targets.append(("sequential per-call cost KMSClient / bare aiohttp", seq_sync, "<= 1.5",
-                    seq_sync <= 1.5,
-                    f"client CPU: {cpu('sequential', 'sync') / cpu('sequential', 'aiohttp'):.2f}"))
+    targets.append(
+        (
+            "sequential per-call cost KMSClient / bare aiohttp",
+            seq_sync,
+            "<= 1.5",
+            seq_sync <= 1.5,
+            f"client CPU: {cpu('sequential', 'sync') / cpu('sequential', 'aiohttp'):.2f}",
+        )
+    )
     imp = import_medians["import phala_kms"] / import_medians["import aiohttp"]
     targets.append(("import phala_kms / import aiohttp", imp, "<= 1.0", imp <= 1.0, ""))
     for name in ("async", "sync"):
         if name in rss_summary:
             r = rss_summary[name]
-            targets.append((f"{contenders[name].label} {sizes.rss_large:,}-id peak RSS (MB)",
-                            r["large_mb"], "<= 120", r["large_mb"] <= 120, ""))
+            targets.append(
+                (
+                    f"{contenders[name].label} {sizes.rss_large:,}-id peak RSS (MB)",
+                    r["large_mb"],
+                    "<= 120",
+                    r["large_mb"] <= 120,
+                    "",
+                )
+            )
             growth = r["large_mb"] - r["small_mb"]
             per_id = growth * MB / max(1, sizes.rss_large - sizes.rss_small)
-            targets.append((f"{contenders[name].label} RSS growth {sizes.rss_small:,} -> "
-                            f"{sizes.rss_large:,} ids (MB)", growth, "<= 10 (flat)", growth <= 10,
-                            f"{per_id:.0f} bytes per extra id"))
+            targets.append(
+                (
+                    f"{contenders[name].label} RSS growth {sizes.rss_small:,} -> "
+                    f"{sizes.rss_large:,} ids (MB)",
+                    growth,
+                    "<= 10 (flat)",
+                    growth <= 10,
+                    f"{per_id:.0f} bytes per extra id",
+                )
+            )
     print("\ntargets (ratios within this run)")
     for label, figure, bound, ok, context in targets:
         note = f"; {context}" if context else ""
         print(f"  {'PASS' if ok else 'MISS'}  {label:<56}{figure:>7.2f}  (target {bound}{note})")
-        summary["targets"].append({"target": label, "figure": figure, "bound": bound,
-                                   "pass": ok, "context": context})
+        summary["targets"].append(
+            {"target": label, "figure": figure, "bound": bound, "pass": ok, "context": context}
+        )
     busiest = max(
-        ((row["server_cpu_share"], key, name) for key, rows in http.items()
-         for name, row in rows.items()), default=(0.0, "", ""))
-    print(f"\nserver process: busiest median {busiest[0]:.0%} of one core ({busiest[1]}, "
-          f"{contenders[busiest[2]].label if busiest[2] else '-'}).", end=" ")
+        (
+            (row["server_cpu_share"], key, name)
+            for key, rows in http.items()
+            for name, row in rows.items()
+        ),
+        default=(0.0, "", ""),
+    )
+    print(
+        f"\nserver process: busiest median {busiest[0]:.0%} of one core ({busiest[1]}, "
+        f"{contenders[busiest[2]].label if busiest[2] else '-'}).",
+        end=" ",
+    )
     if busiest[0] >= 0.75:
-        print("That is close to saturation: wall-time ratios there are squeezed toward 1, "
-              "so compare client CPU per request too.")
+        print(
+            "That is close to saturation: wall-time ratios there are squeezed toward 1, "
+            "so compare client CPU per request too."
+        )
     else:
         print("It was not the bottleneck.")
     return summary

@@ -196,6 +196,7 @@ def make_status_error(
         request_id=request_id,
         body=text,
         attempts=attempts,
+        server_message=message,
         error_code=error_code,
         details=details,
         suggestions=suggestions,

@@ -181,6 +181,8 @@ def exit_code_for(err: BaseException) -> ExitCode:
     from . import errors
 
     if isinstance(err, errors.SignatureVerificationError):
+        if err.reason in ("invalid_trusted_signer", "invalid_argument"):
+            return ExitCode.USAGE  # the caller's input, not the key, is at fault
         return ExitCode.VERIFICATION
     if isinstance(err, (errors.AuthenticationError, errors.PermissionDeniedError)):
         return ExitCode.AUTH
@@ -207,13 +209,23 @@ def _hint(err: PhalaKMSError) -> str:
         )
     if isinstance(err, errors.ConfigurationError):
         if err.setting == "api_key":
-            return f"set {ENV_API_KEY} or pass --api-key"
+            return f"set {ENV_API_KEY} or pass --api-key (printable ASCII, e.g. phak_...)"
         return f"check --base-url / {ENV_BASE_URL} and the other global options"
     if isinstance(err, errors.InvalidArgumentError):
         return "check the arguments; see --help"
     if isinstance(err, errors.NotFoundError):
+        if (err.url or "").rstrip("/").endswith("/kms") or not err.error_code:
+            return (
+                "check the id or slug (`phala-kms list --all` shows every KMS), and that"
+                f" --base-url / {ENV_BASE_URL} is the API prefix ending in /api/v1"
+            )
         return "check the id or slug; `phala-kms list --all` shows every KMS"
     if isinstance(err, errors.SignatureVerificationError):
+        if err.reason in ("invalid_trusted_signer", "invalid_argument"):
+            return (
+                "--trusted-signer must be the KMS root key (k256_pubkey: 33 or 65 bytes"
+                " as hex) or its 20-byte Ethereum address; see `phala-kms info` / `onchain`"
+            )
         return (
             "do not encrypt to this key: it is not proven to come from the trusted KMS;"
             " check --trusted-signer (the KMS's k256_pubkey) and the KMS/app id"
@@ -1003,16 +1015,33 @@ def read_env_file(path: str, *, interpolate: bool = False) -> dict[str, str]:
         interpolate: Expand ``${VAR}`` references (from the file and the environment).
 
     Raises:
-        click.UsageError: A name is given without ``=``; the message names it, never a value.
+        click.UsageError: A line cannot be parsed, or a name is given without ``=``; the
+            message names the line or the name, never a value.
     """
     import io
 
     from dotenv import dotenv_values
 
-    if path == "-":
-        values = dotenv_values(stream=io.StringIO(sys.stdin.read()), interpolate=interpolate)
-    else:
-        values = dotenv_values(path, interpolate=interpolate, encoding="utf-8")
+    # python-dotenv only logs a line it cannot parse and carries on: a secret silently
+    # missing from a deployment is worse than an error, so such a warning is fatal here.
+    unparsed: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            unparsed.append(record.getMessage())
+
+    dotenv_logger = logging.getLogger("dotenv.main")
+    handler = _Collect(logging.WARNING)
+    dotenv_logger.addHandler(handler)
+    try:
+        if path == "-":
+            values = dotenv_values(stream=io.StringIO(sys.stdin.read()), interpolate=interpolate)
+        else:
+            values = dotenv_values(path, interpolate=interpolate, encoding="utf-8")
+    finally:
+        dotenv_logger.removeHandler(handler)
+    if unparsed:
+        raise click.UsageError(f"{path}: {unparsed[0]}; fix the file (nothing was encrypted)")
     env: dict[str, str] = {}
     for name, value in values.items():
         if value is None:

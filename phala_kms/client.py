@@ -485,7 +485,7 @@ class AsyncKMSClient:
         kms: str,
         app_id: str,
         *,
-        trusted_signer: str,
+        trusted_signer: str | bytes,
         max_age: float = 300.0,
         api_version: str | None = None,
     ) -> AppEnvEncryptPubKey:
@@ -514,7 +514,8 @@ class AsyncKMSClient:
             kms: A KMS id, slug, or type (``"phala"``, ``"ethereum"``, ``"base"``).
             app_id: 40 hex characters (20 bytes), ``0x`` optional.
             trusted_signer: The KMS root secp256k1 public key (compressed or
-                uncompressed hex, ``0x`` optional) or its Ethereum address.
+                uncompressed, as bytes or hex with optional ``0x``) or its Ethereum
+                address.
             max_age: For timestamped signatures, the oldest accepted, in seconds.
             api_version: Override the client's ``X-Phala-Version`` for this call.
 
@@ -540,7 +541,7 @@ class AsyncKMSClient:
         app_id: str,
         env_vars: Mapping[str, str] | Sequence[EnvVar],
         *,
-        trusted_signer: str,
+        trusted_signer: str | bytes,
         api_version: str | None = None,
     ) -> str:
         """Fetch and verify an app's key, then encrypt environment variables to it.
@@ -582,7 +583,7 @@ class AsyncKMSClient:
         *,
         concurrency: int = ...,
         return_exceptions: Literal[False] = ...,
-        trusted_signer: str | None = ...,
+        trusted_signer: str | bytes | None = ...,
         on_progress: ProgressCallback | None = ...,
         api_version: str | None = ...,
     ) -> list[AppEnvEncryptPubKey]: ...
@@ -595,7 +596,7 @@ class AsyncKMSClient:
         *,
         concurrency: int = ...,
         return_exceptions: Literal[True],
-        trusted_signer: str | None = ...,
+        trusted_signer: str | bytes | None = ...,
         on_progress: ProgressCallback | None = ...,
         api_version: str | None = ...,
     ) -> list[AppEnvEncryptPubKey | PhalaKMSError]: ...
@@ -607,7 +608,7 @@ class AsyncKMSClient:
         *,
         concurrency: int = 32,
         return_exceptions: bool = False,
-        trusted_signer: str | None = None,
+        trusted_signer: str | bytes | None = None,
         on_progress: ProgressCallback | None = None,
         api_version: str | None = None,
     ) -> list[AppEnvEncryptPubKey] | list[AppEnvEncryptPubKey | PhalaKMSError]:
@@ -631,8 +632,10 @@ class AsyncKMSClient:
             trusted_signer: If given, each key is verified as in
                 :meth:`get_verified_app_env_encrypt_pubkey`; a key that fails is a
                 :class:`~phala_kms.errors.SignatureVerificationError`.
-            on_progress: Called as ``on_progress(done, total)`` (distinct ids) after
-                each distinct id finishes, successfully or not, on the event loop.
+            on_progress: Called as ``on_progress(done, total)`` after each distinct
+                well-formed id finishes, successfully or not, on the event loop;
+                ``total`` counts those ids (malformed ids are never sent, so they are
+                not counted).
             api_version: Override the client's ``X-Phala-Version`` for these calls.
 
         Returns:
@@ -720,7 +723,9 @@ class AsyncKMSClient:
         return out
 
 
-def _verify(key: AppEnvEncryptPubKey, app_id: str, trusted_signer: str, max_age: float) -> None:
+def _verify(
+    key: AppEnvEncryptPubKey, app_id: str, trusted_signer: str | bytes, max_age: float
+) -> None:
     """Verify a fetched key, preferring the timestamped signature when present."""
     from .crypto import verify_env_encrypt_public_key as verify
 

@@ -316,7 +316,12 @@ class APIStatusError(APIResponseError):
     "request_id", "details", "suggestions", "links"}`` (top level or nested under
     ``detail``), ``{"message": "..."}``, or HTML/plain text from a proxy.
 
+    ``str(err)`` (and ``err.message``) is a full, readable sentence: status, the
+    server's message, error code, request id, method and URL.
+
     Attributes:
+        server_message: The server's own message alone, e.g. ``"KMS not found"`` (for
+            a 422, a summary of the validation errors; for HTML, its title), or ``None``.
         error_code: The structured error code, e.g. ``"ERR-02-011"``, or ``None``.
         details: The structured ``details`` list as sent, e.g.
             ``({"field": "kms_id", "value": ..., "message": None},)``.
@@ -325,6 +330,7 @@ class APIStatusError(APIResponseError):
         retry_after: The wait the server asked for, in seconds, from ``Retry-After``, or ``None``.
     """
 
+    server_message: str | None = None
     error_code: str | None = None
     details: tuple[Any, ...] = ()
     suggestions: tuple[str, ...] = ()

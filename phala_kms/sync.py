@@ -147,7 +147,11 @@ def _blocking(
     @functools.wraps(method)
     def call(self: KMSClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
         loop, client = self._loop.get()
-        return self._run(loop, method(client, *args, **kwargs))
+        try:
+            coro = method(client, *args, **kwargs)  # binds the arguments, runs nothing
+        except TypeError as exc:  # wrong arguments: name the class the caller used
+            raise TypeError(str(exc).replace("AsyncKMSClient.", "KMSClient.", 1)) from None
+        return self._run(loop, coro)
 
     return call
 

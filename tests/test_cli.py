@@ -344,6 +344,44 @@ def test_pubkeys_stdin_table(server: FakeKMSServer) -> None:
     assert "1 of 1 keys, NOT verified" in result.stdout
 
 
+def test_encrypt_env_refuses_a_file_it_cannot_fully_parse(
+    server: FakeKMSServer, tmp_path: Path
+) -> None:
+    server.reset()
+    path = tmp_path / ".env"
+    path.write_text('GOOD=value-S3CRET\nBROKEN LINE "unterminated\nLATE=also-S3CRET\n')
+    result = invoke(
+        server,
+        "encrypt-env",
+        "phala",
+        APP_ID,
+        "--env-file",
+        str(path),
+        "--trusted-signer",
+        server.k256_pubkey,
+    )
+    assert result.exit_code == ExitCode.USAGE
+    assert "line 2" in result.stderr
+    assert result.stdout == ""  # nothing was encrypted
+    assert SECRET_MARKER not in result.output
+    assert server.total_requests == 0
+
+
+@pytest.mark.parametrize("signer", ["0x1234", "not-hex"])
+def test_a_malformed_trusted_signer_is_a_usage_error(server: FakeKMSServer, signer: str) -> None:
+    server.reset()
+    result = invoke(server, "pubkey", "phala", APP_ID, "--verify", "--trusted-signer", signer)
+    assert result.exit_code == ExitCode.USAGE
+    assert "k256_pubkey" in result.stderr
+    assert server.total_requests == 0
+
+
+def test_not_found_on_a_base_url_without_the_prefix_hints_at_it(server: FakeKMSServer) -> None:
+    result = invoke(server, "list", base_url=server.url)  # no /api/v1
+    assert result.exit_code == ExitCode.NOT_FOUND
+    assert "/api/v1" in result.stderr
+
+
 def test_pubkeys_wrong_signer_is_a_verification_failure(server: FakeKMSServer) -> None:
     result = invoke(
         server, "pubkeys", "base", APP_ID, OTHER_APP_ID, "--trusted-signer", server.k256_pubkey
@@ -632,8 +670,12 @@ def test_fake_server_command_serves_until_interrupted() -> None:
     )
     try:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(3)]
-        settings = dict(line.strip().split("=", 1) for line in lines[1:])
+        lines = [proc.stdout.readline() for _ in range(4)]
+        settings = dict(
+            line.strip().removeprefix("export ").split("=", 1)
+            for line in lines
+            if line.startswith("export ")
+        )
         base_url = settings["PHALA_CLOUD_API_PREFIX"]
         assert base_url.startswith("http://127.0.0.1:")
         cli_env = {

@@ -43,6 +43,7 @@ def test_structured_top_level() -> None:
     err = parse(404, fixture_bytes("error_structured.json"), **{"X-Request-ID": "hdr_1"})
     assert type(err) is errors.NotFoundError
     assert err.error_code == "ERR-02-011"
+    assert err.server_message == "KMS not found"
     assert err.request_id == "req_01HZX9"  # the body's id wins over the header's
     assert err.details == ({"field": "kms_id", "value": {"given": "nope"}, "message": None},)
     assert err.suggestions == ("List available KMS with GET /kms",)
@@ -91,6 +92,7 @@ def test_html_gateway_page() -> None:
     err = parse(502, fixture_bytes("error_gateway_502.html"), **{"X-Request-ID": "gw-9"})
     assert type(err) is errors.ServerError
     assert err.message.startswith("502 Bad Gateway: 502 Bad Gateway")
+    assert err.server_message == "502 Bad Gateway"
     assert "<html>" not in err.message
     assert err.request_id == "gw-9"
     assert "<center>" in err.body  # the raw body is kept for debugging

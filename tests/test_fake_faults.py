@@ -519,7 +519,11 @@ def test_run_fake_server_prints_and_stops() -> None:
         deadline = time.monotonic() + 5
         while "Ctrl-C" not in out.getvalue() and time.monotonic() < deadline:
             time.sleep(0.01)
-        lines = dict(line.split("=", 1) for line in out.getvalue().splitlines() if "=" in line)
+        lines = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in out.getvalue().splitlines()
+            if line.startswith("export ")
+        )
         base_url = lines["PHALA_CLOUD_API_PREFIX"]
         assert base_url.startswith("http://127.0.0.1:")
         assert base_url.endswith("/api/v1")

@@ -178,7 +178,10 @@ EXHAUSTED: list[Any] = [
     pytest.param(GatewayHTMLFault(502), ServerError, 502, None, id="502-html"),
     pytest.param(GatewayHTMLFault(504), ServerError, 504, None, id="504-html"),
     pytest.param(
-        StatusFault(429, error_code="ERR-05-002", retry_after=3), RateLimitError, 429, 3.0,
+        StatusFault(429, error_code="ERR-05-002", retry_after=3),
+        RateLimitError,
+        429,
+        3.0,
         id="429-seconds",
     ),
 ]
@@ -264,11 +267,15 @@ def test_a_dropped_connection_is_retried_by_aiohttp_and_then_by_us(
 
 NOT_RETRIED: list[Any] = [
     pytest.param(
-        StatusFault(409, error_code="ERR-03-001", message="already exists"), ConflictError, 409,
+        StatusFault(409, error_code="ERR-03-001", message="already exists"),
+        ConflictError,
+        409,
         id="409-with-error-code",
     ),
     pytest.param(
-        StatusFault(409, error_code="ERR-03-001", nested=True), ConflictError, 409,
+        StatusFault(409, error_code="ERR-03-001", nested=True),
+        ConflictError,
+        409,
         id="409-with-nested-error-code",
     ),
     pytest.param(StatusFault(404, error_code="ERR-02-011"), NotFoundError, 404, id="404"),
@@ -277,32 +284,42 @@ NOT_RETRIED: list[Any] = [
     pytest.param(StatusFault(403), PermissionDeniedError, 403, id="403"),
     pytest.param(
         StatusFault(422, body={"detail": [{"loc": ["path", "kms_id"], "msg": "bad", "type": "x"}]}),
-        errors.UnprocessableEntityError, 422, id="422",
+        errors.UnprocessableEntityError,
+        422,
+        id="422",
     ),
     pytest.param(StatusFault(501), ServerError, 501, id="501"),
     pytest.param(TruncatedJSONFault(0.5), ResponseValidationError, 200, id="truncated-json"),
     pytest.param(TruncatedJSONFault(0.0), ResponseValidationError, 200, id="empty-body"),
     pytest.param(NonJSONFault("OK"), ResponseValidationError, 200, id="non-json-200"),
     pytest.param(
-        NonJSONFault("<html>hi</html>", content_type="text/html"), ResponseValidationError, 200,
+        NonJSONFault("<html>hi</html>", content_type="text/html"),
+        ResponseValidationError,
+        200,
         id="html-200",
     ),
     pytest.param(NonJSONFault("[" * 100_000), ResponseValidationError, 200, id="deep-json-200"),
     pytest.param(WrongShapeFault(), ResponseValidationError, 200, id="wrong-shape-200"),
     pytest.param(WrongShapeFault(body=[1, 2]), ResponseValidationError, 200, id="array-200"),
     pytest.param(
-        WrongShapeFault(body={"id": 1, "url": "u", "version": "v"}), ResponseValidationError, 200,
+        WrongShapeFault(body={"id": 1, "url": "u", "version": "v"}),
+        ResponseValidationError,
+        200,
         id="wrong-type-200",
     ),
     pytest.param(
         HugeBodyFault(16 * ONE_MIB + 1), ResponseValidationError, 200, id="huge-body-length"
     ),
     pytest.param(
-        HugeBodyFault(16 * ONE_MIB + 1, chunked=True), ResponseValidationError, 200,
+        HugeBodyFault(16 * ONE_MIB + 1, chunked=True),
+        ResponseValidationError,
+        200,
         id="huge-body-chunked",
     ),
     pytest.param(
-        HugeBodyFault(16 * ONE_MIB + 1, status=503), ResponseValidationError, 503,
+        HugeBodyFault(16 * ONE_MIB + 1, status=503),
+        ResponseValidationError,
+        503,
         id="huge-503-body",
     ),
 ]

@@ -135,7 +135,9 @@ def tally(monkeypatch: pytest.MonkeyPatch) -> Tally:
 def server() -> Iterator[FakeKMSServer]:
     # Every app key stays cached in the fake, so a repeated run allocates nothing there.
     with FakeKMSServer.in_thread(
-        phala_node_count=1, include_onchain=False, request_log_size=100,
+        phala_node_count=1,
+        include_onchain=False,
+        request_log_size=100,
         signature_cache_size=2 * TOTAL,
     ) as srv:
         srv.inject("app_pubkey", LatencyFault(SERVER_LATENCY), times=None)
@@ -207,7 +209,10 @@ def report_memory(
 
 
 async def run_async(
-    client: AsyncKMSClient, server: FakeKMSServer, ids: list[str], kinds: list[str | None],
+    client: AsyncKMSClient,
+    server: FakeKMSServer,
+    ids: list[str],
+    kinds: list[str | None],
     tally: Tally,
 ) -> list[Any]:
     gate = asyncio.Semaphore(CONCURRENCY)
@@ -246,8 +251,9 @@ def test_ten_thousand_requests_through_one_async_client(
         started = time.perf_counter()
         outcomes = run(ids, kinds)
         elapsed = time.perf_counter() - started
-        check_and_report("async, gather + semaphore(256)", server, ids, kinds, outcomes,
-                         tally, elapsed, POOL)
+        check_and_report(
+            "async, gather + semaphore(256)", server, ids, kinds, outcomes, tally, elapsed, POOL
+        )
         del outcomes
         # The same load again under tracemalloc: what does a long-lived client keep?
         reset(server, tally)
@@ -290,8 +296,9 @@ def test_ten_thousand_requests_through_one_sync_client_shared_by_16_threads(
             outcomes = list(pool.map(one, zip(ids, kinds, strict=True)))
             elapsed = time.perf_counter() - started
             assert threading.active_count() == threads_before + 1 + THREADS
-            check_and_report("sync, 16 threads", server, ids, kinds, outcomes, tally, elapsed,
-                             THREADS)
+            check_and_report(
+                "sync, 16 threads", server, ids, kinds, outcomes, tally, elapsed, THREADS
+            )
             del outcomes
             reset(server, tally)
             tally.timing = False
@@ -308,8 +315,9 @@ def test_fan_out_of_ten_thousand_ids_with_glob_faults(server: FakeKMSServer, tal
     """``get_app_env_encrypt_pubkeys`` over 10,000 ids; faults by glob on the id's prefix:
     ``c0...`` ids always 404 (never retried); 500 of the ``c3...`` requests get a 503
     (whichever arrive first, retries included, so an unlucky id may run out of retries)."""
-    ids = [f"{'c0' if i % 20 == 0 else 'c3' if i % 20 == 1 else '00'}{i:038x}"
-           for i in range(TOTAL)]
+    ids = [
+        f"{'c0' if i % 20 == 0 else 'c3' if i % 20 == 1 else '00'}{i:038x}" for i in range(TOTAL)
+    ]
     server.reset()  # glob faults first: the 404 and 503 answer, the latency still applies
     not_found = server.inject("/kms/phala/pubkey/c0*", FAULTS["404"], times=None)
     unavailable = server.inject("/kms/phala/pubkey/c3*", FAULTS["503"], times=500)

@@ -130,3 +130,8 @@ def test_errors_cross_the_thread_with_their_data(kms: KMSClient) -> None:
     with pytest.raises(NotFoundError) as caught:
         kms.get_kms_info("does-not-exist")
     assert caught.value.status == 404 and caught.value.request_id
+
+
+def test_argument_errors_name_the_blocking_class(kms: KMSClient) -> None:
+    with pytest.raises(TypeError, match=r"^KMSClient\.encrypt_env_vars_for_app\(\) missing"):
+        kms.encrypt_env_vars_for_app("phala", APP_ID, {"A": "b"})  # type: ignore[call-arg]

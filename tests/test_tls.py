@@ -193,8 +193,7 @@ async def test_trusted_ca_but_wrong_host_name_is_refused(
     try:
         connector = aiohttp.TCPConnector(ssl=trusting(ca))
         async with aiohttp.ClientSession(connector=connector) as session:
-            client = AsyncKMSClient(API_KEY, server.base_url, session=session,
-                                    retry_policy=RETRIES)
+            client = AsyncKMSClient(API_KEY, server.base_url, session=session, retry_policy=RETRIES)
             with pytest.raises(TLSError) as caught:
                 await client.get_kms_info("phala")
             await client.aclose()
@@ -218,8 +217,7 @@ async def test_expired_certificate_is_refused(ca: trustme.CA, waits: list[float]
     try:
         connector = aiohttp.TCPConnector(ssl=trusting(ca))
         async with aiohttp.ClientSession(connector=connector) as session:
-            client = AsyncKMSClient(API_KEY, server.base_url, session=session,
-                                    retry_policy=RETRIES)
+            client = AsyncKMSClient(API_KEY, server.base_url, session=session, retry_policy=RETRIES)
             with pytest.raises(TLSError) as caught:
                 await client.get_kms_info("phala")
             await client.aclose()
@@ -286,8 +284,9 @@ def test_ssl_context_still_checks_the_name_and_the_ca(ca: trustme.CA, waits: lis
         ):
             c.get_kms_info("phala")
         with (
-            KMSClient(API_KEY, server.base_url, ssl_context=trusting(other),
-                      retry_policy=RETRIES) as c,
+            KMSClient(
+                API_KEY, server.base_url, ssl_context=trusting(other), retry_policy=RETRIES
+            ) as c,
             pytest.raises(TLSError),
         ):
             c.get_kms_info("phala")
@@ -312,5 +311,6 @@ def test_ssl_context_must_be_an_ssl_context(client_type: Any, value: Any) -> Non
 async def test_ssl_context_and_a_caller_session_conflict(ca: trustme.CA) -> None:
     async with aiohttp.ClientSession() as session:
         with pytest.raises(ConfigurationError):
-            AsyncKMSClient(API_KEY, "https://kms.test/api/v1", session=session,
-                           ssl_context=trusting(ca))
+            AsyncKMSClient(
+                API_KEY, "https://kms.test/api/v1", session=session, ssl_context=trusting(ca)
+            )

@@ -937,9 +937,15 @@ def run_fake_server(
     async def main() -> None:
         stream = out if out is not None else sys.stdout
         async with FakeKMSServer(host=host, port=port, **server_kwargs) as server:
+            # A wildcard bind is reached locally through loopback (the SDK refuses plain
+            # http:// to anything else).
+            local = server.base_url
+            if host in ("0.0.0.0", "::", ""):  # noqa: S104 - comparing, not binding
+                local = f"http://127.0.0.1:{server.port}/api/v1"
             print(f"Fake Phala Cloud KMS API listening on {server.base_url}", file=stream)
-            print(f"PHALA_CLOUD_API_PREFIX={server.base_url}", file=stream)
-            print(f"PHALA_CLOUD_API_KEY={server.api_key}", file=stream)
+            print("# for a shell: eval these two lines (or copy them)", file=stream)
+            print(f"export PHALA_CLOUD_API_PREFIX={local}", file=stream)
+            print(f"export PHALA_CLOUD_API_KEY={server.api_key}", file=stream)
             print("Press Ctrl-C to stop.", file=stream, flush=True)
             if stop_event is None:
                 await asyncio.Event().wait()  # until Ctrl-C cancels it
