@@ -28,7 +28,7 @@ import enum
 import logging
 import sys
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import click
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from .client import AsyncKMSClient
     from .errors import PhalaKMSError
-    from .models import AppEnvEncryptPubKey
+    from .models import AppEnvEncryptPubKey, Paginated
     from .sync import KMSClient
 
 __all__ = ["EXIT_CODES", "ExitCode", "cli", "exit_code_for", "main", "to_jsonable"]
@@ -512,6 +512,27 @@ _page_size_option = click.option(
 )
 
 
+def _fetch_listing(
+    iterate: Callable[..., Iterable[Any]],
+    get_page: Callable[..., Paginated[Any]],
+    noun: str,
+    *,
+    all_pages: bool,
+    page: int,
+    page_size: int,
+    is_onchain: bool | None,
+) -> tuple[tuple[Any, ...], Any, str]:
+    """One page, or every page: ``(items, JSON-ready data, table caption)``."""
+    if all_pages:
+        items = tuple(iterate(page_size=page_size, is_onchain=is_onchain))
+        return items, {"items": items, "total": len(items)}, f"{len(items)} {noun}"
+    result = get_page(page, page_size, is_onchain)
+    caption = f"page {result.page} of {result.pages} · {result.total} {noun}"
+    if result.has_next:
+        caption += " · more with --page or --all"
+    return result.items, to_jsonable(result), caption
+
+
 @cli.command("list")
 @_json_option
 @_onchain_option
@@ -522,17 +543,10 @@ def list_command(is_onchain: bool | None, all_pages: bool, page: int, page_size:
     """List KMS nodes (GET /kms, node-centric view)."""
     settings = _settings()
     with settings.sync_client() as client:
-        if all_pages:
-            items = tuple(client.iter_kms_list(page_size=page_size, is_onchain=is_onchain))
-            data: dict[str, Any] = {"items": items, "total": len(items)}
-            caption = f"{len(items)} KMS nodes"
-        else:
-            result = client.get_kms_list(page, page_size, is_onchain)
-            data = to_jsonable(result)
-            items = result.items
-            caption = f"page {result.page} of {result.pages} · {result.total} KMS nodes" + (
-                " · more with --page or --all" if result.has_next else ""
-            )
+        items, data, caption = _fetch_listing(
+            client.iter_kms_list, client.get_kms_list, "KMS nodes",
+            all_pages=all_pages, page=page, page_size=page_size, is_onchain=is_onchain,
+        )  # fmt: skip
     if settings.json_output:
         _emit_json(data)
         return
@@ -594,15 +608,10 @@ def contracts_command(is_onchain: bool | None, all_pages: bool, page: int, page_
     """List KMS contracts (GET /kms, contract-centric view, API 2026-06-23)."""
     settings = _settings()
     with settings.sync_client() as client:
-        if all_pages:
-            items = tuple(client.iter_kms_contracts(page_size=page_size, is_onchain=is_onchain))
-            data: dict[str, Any] = {"items": items, "total": len(items)}
-            caption = f"{len(items)} KMS contracts"
-        else:
-            result = client.list_kms_contracts(page, page_size, is_onchain)
-            data = to_jsonable(result)
-            items = result.items
-            caption = f"page {result.page} of {result.pages} · {result.total} KMS contracts"
+        items, data, caption = _fetch_listing(
+            client.iter_kms_contracts, client.list_kms_contracts, "KMS contracts",
+            all_pages=all_pages, page=page, page_size=page_size, is_onchain=is_onchain,
+        )  # fmt: skip
     if settings.json_output:
         _emit_json(data)
         return
