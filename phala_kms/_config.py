@@ -42,11 +42,31 @@ ENV_BASE_URL = "PHALA_CLOUD_API_PREFIX"
 USER_AGENT = f"phala-kms/{__version__}"
 
 
-def _non_negative(name: str) -> Callable[[Any, Any, Any], None]:
-    def check(_inst: Any, _attr: Any, value: float | None) -> None:
-        if value is not None and not (value >= 0 and math.isfinite(value)):
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _seconds(
+    name: str, *, optional: bool = False, positive: bool = False
+) -> Callable[[Any, Any, Any], None]:
+    """A validator: a finite number of seconds, >= 0 (> 0 if ``positive``), or ``None``
+    only where ``optional``."""
+    bound = "> 0" if positive else ">= 0"
+
+    def check(_inst: Any, _attr: Any, value: object) -> None:
+        if value is None and optional:
+            return
+        if (
+            not _is_number(value)
+            or not math.isfinite(value)  # type: ignore[arg-type]
+            or value < 0  # type: ignore[operator]
+            or (positive and value == 0)
+        ):
             raise ConfigurationError(
-                f"{name} must be a finite number >= 0, got {value!r}", setting=name
+                f"{name} must be a finite number of seconds {bound}"
+                + (" or None" if optional else "")
+                + f", got {value!r}",
+                setting=name,
             )
 
     return check
@@ -56,8 +76,9 @@ def _non_negative(name: str) -> Callable[[Any, Any, Any], None]:
 class RetryPolicy:
     """When and how long to wait before retrying a failed request.
 
-    Only safe failures are retried: connection refused or lost, attempt timeouts,
-    and statuses 408, 409 without an ``error_code``, 429, 500, 502, 503, 504. The
+    Only safe failures are retried: failures to connect (but not DNS or TLS
+    failures), connections lost mid-request, attempt timeouts, and statuses 408, 409
+    without an ``error_code``, 429, 500, 502, 503, 504. The
     wait before retry ``n`` (1-based) is::
 
         min(max_backoff, initial_backoff * 2 ** (n - 1)) * (1 - jitter * U[0, 1))
@@ -80,11 +101,13 @@ class RetryPolicy:
     """
 
     max_retries: int = attrs.field(default=3)
-    initial_backoff: float = attrs.field(default=0.5, validator=_non_negative("initial_backoff"))
-    max_backoff: float = attrs.field(default=8.0, validator=_non_negative("max_backoff"))
+    initial_backoff: float = attrs.field(default=0.5, validator=_seconds("initial_backoff"))
+    max_backoff: float = attrs.field(default=8.0, validator=_seconds("max_backoff"))
     jitter: float = attrs.field(default=0.25)
-    max_retry_after: float = attrs.field(default=60.0, validator=_non_negative("max_retry_after"))
-    deadline: float | None = attrs.field(default=None, validator=_non_negative("deadline"))
+    max_retry_after: float = attrs.field(default=60.0, validator=_seconds("max_retry_after"))
+    deadline: float | None = attrs.field(
+        default=None, validator=_seconds("deadline", optional=True, positive=True)
+    )
 
     @max_retries.validator
     def _check_max_retries(self, _attr: object, value: int) -> None:
@@ -95,7 +118,7 @@ class RetryPolicy:
 
     @jitter.validator
     def _check_jitter(self, _attr: object, value: float) -> None:
-        if not 0 <= value <= 1:
+        if not _is_number(value) or not 0 <= value <= 1:
             raise ConfigurationError(
                 f"jitter must be between 0 and 1, got {value!r}", setting="jitter"
             )
@@ -116,6 +139,7 @@ class ClientConfig:
     retry: RetryPolicy
     max_connections: int
     ssl_context: ssl.SSLContext | None = attrs.field(default=None, repr=False)
+    trust_env: bool = False
     max_response_bytes: int = 16 * 1024 * 1024
     user_agent: str = USER_AGENT
 
@@ -136,6 +160,10 @@ def normalize_base_url(base_url: str) -> str:
         ConfigurationError: Not an absolute ``https://`` URL (or ``http://`` to a
             loopback host), or it carries credentials, a query or a fragment.
     """
+    if not isinstance(base_url, str):
+        raise ConfigurationError(
+            f"base_url must be a str, got {type(base_url).__name__}", setting="base_url"
+        )
     url = base_url.strip().rstrip("/")
     parts = urlsplit(url)
     # Messages never echo the URL: a key pasted into it (user info, query, fragment)
@@ -194,6 +222,7 @@ def resolve_config(
     retry_policy: RetryPolicy | None,
     max_connections: int,
     ssl_context: ssl.SSLContext | None = None,
+    trust_env: bool = False,
 ) -> ClientConfig:
     """Merge arguments with ``PHALA_CLOUD_API_KEY``/``PHALA_CLOUD_API_PREFIX`` and validate.
 
@@ -249,4 +278,5 @@ def resolve_config(
         retry=retry_policy,
         max_connections=max_connections,
         ssl_context=_ssl_context(ssl_context),
+        trust_env=bool(trust_env),
     )

@@ -9,8 +9,9 @@ Rules it enforces, for every model:
 * required keys must be present; nullable fields may be absent or ``null``;
 * unknown keys never fail decoding: they are kept, as sent, in the model's
   ``extra`` mapping;
-* the hex fields of :class:`~phala_kms.models.AppEnvEncryptPubKey` are normalised to
-  lowercase without ``0x`` and length-checked.
+* the hex fields of :class:`~phala_kms.models.AppEnvEncryptPubKey` and
+  :class:`~phala_kms.models.NextAppID` are normalised to lowercase without ``0x`` and
+  length-checked, and a ``nonce`` must be >= 0.
 
 Anything that does not fit raises :class:`DecodeError` with one line per problem;
 the transport turns that into a :class:`~phala_kms.errors.ResponseValidationError`
@@ -27,7 +28,7 @@ import cattrs
 from cattrs.cols import homogenous_tuple_structure_factory
 from cattrs.gen import make_dict_structure_fn, override
 
-from .models import AppEnvEncryptPubKey
+from .models import AppEnvEncryptPubKey, NextAppID
 
 __all__ = ["DecodeError", "converter", "structure"]
 
@@ -68,6 +69,13 @@ def _strict_int(value: Any, _: Any) -> int:
     if type(value) is int:
         return value
     raise TypeError(f"expected an integer, got {_type_name(value)}")
+
+
+def _non_negative_int(value: Any, _: Any) -> int:
+    number = _strict_int(value, None)
+    if number < 0:
+        raise ValueError(f"expected an integer >= 0, got {number}")
+    return number
 
 
 def _strict_bool(value: Any, _: Any) -> bool:
@@ -124,6 +132,9 @@ def _model_hook_factory(type_: Any, conv: cattrs.Converter) -> Callable[[Any, An
     cls = get_origin(type_) or type_
     known = frozenset(a.name for a in attrs.fields(cls) if a.name != "extra")
     overrides: dict[str, Any] = {"extra": override(omit=True)}
+    if cls is NextAppID:  # both go straight back to the API when provisioning a CVM
+        overrides["app_id"] = override(struct_hook=_hex_field(20))
+        overrides["nonce"] = override(struct_hook=_non_negative_int)
     if cls is AppEnvEncryptPubKey:
         overrides["public_key"] = override(struct_hook=_hex_field(32))
         overrides["signature"] = override(struct_hook=_hex_field(65))

@@ -43,10 +43,11 @@ _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
     429: RateLimitError,
 }
 
-_TAG = re.compile(r"<[^>]*>")
+_TAG = re.compile(r"<[^<>]{0,256}>")
 _SPACE = re.compile(r"\s+")
-_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
-_H1 = re.compile(r"<h1[^>]*>(.*?)</h1>", re.IGNORECASE | re.DOTALL)
+_SCAN_CHARS = 4096
+"""Only this much of an HTML/text body is searched for a message (gateway pages are tiny;
+a hostile body must not make the parse slow)."""
 
 
 def decode_body_text(body: bytes) -> str:
@@ -61,12 +62,26 @@ def _reason(status: int) -> str:
         return "Error"
 
 
+def _element_text(text: str, lowered: str, tag: str) -> str | None:
+    """The text inside the first ``<tag ...>...</tag>``, found with linear scans."""
+    start = lowered.find(f"<{tag}")
+    if start < 0:
+        return None
+    opened = lowered.find(">", start)
+    end = lowered.find(f"</{tag}>", opened)
+    if opened < 0 or end < 0:
+        return None
+    return text[opened + 1 : end]
+
+
 def _text_message(text: str) -> str | None:
-    """A one-line message from an HTML or plain-text body."""
-    for pattern in (_TITLE, _H1):
-        match = pattern.search(text)
-        if match:
-            found = _SPACE.sub(" ", html.unescape(_TAG.sub("", match.group(1)))).strip()
+    """A one-line message from an HTML or plain-text body (its title or first heading)."""
+    text = text[:_SCAN_CHARS]
+    lowered = text.lower()
+    for tag in ("title", "h1"):
+        inner = _element_text(text, lowered, tag)
+        if inner is not None:
+            found = _SPACE.sub(" ", html.unescape(_TAG.sub("", inner))).strip()
             if found:
                 return found[:200]
     plain = _SPACE.sub(" ", html.unescape(_TAG.sub(" ", text))).strip()

@@ -13,9 +13,11 @@ from ._config import RetryPolicy
 from .errors import (
     APIStatusError,
     APITimeoutError,
+    ConnectError,
     ConnectionLostError,
-    ConnectRefusedError,
+    DNSError,
     PhalaKMSError,
+    TLSError,
 )
 
 __all__ = ["is_retryable", "parse_retry_after", "retry_delay"]
@@ -57,16 +59,19 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
 def is_retryable(error: PhalaKMSError) -> bool:
     """Whether a failed attempt may be retried.
 
-    Retried: connection refused, connection lost mid-request, attempt timeouts, and
-    statuses 408, 429, 500, 502, 503, 504, and 409 without an ``error_code`` (a 409
-    with one is a deterministic business error). Never retried: DNS and TLS
-    failures, other statuses, redirects, and bodies that do not decode.
+    Retried: failures to connect (refused, unreachable, reset), a connection lost
+    mid-request, attempt timeouts, and statuses 408, 429, 500, 502, 503, 504, and 409
+    without an ``error_code`` (a 409 with one is a deterministic business error).
+    Never retried: DNS and TLS failures (a wrong host name or certificate does not fix
+    itself), other statuses, redirects, and bodies that do not decode.
     """
     if isinstance(error, APIStatusError):
         if error.status == 409:
             return error.error_code is None
         return error.status in RETRYABLE_STATUSES
-    return isinstance(error, (ConnectRefusedError, ConnectionLostError, APITimeoutError))
+    if isinstance(error, (DNSError, TLSError)):
+        return False
+    return isinstance(error, (ConnectError, ConnectionLostError, APITimeoutError))
 
 
 def backoff(retry_number: int, policy: RetryPolicy, *, rand: float) -> float:

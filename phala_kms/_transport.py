@@ -9,6 +9,7 @@ aiohttp failure into a :mod:`phala_kms.errors` exception, and retries per the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -49,6 +50,7 @@ _sleep = asyncio.sleep  # the retry wait; tests replace it to record delays with
 
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientConnectorError,)
 _DNS_ERROR: type[BaseException] | None = getattr(aiohttp, "ClientConnectorDNSError", None)
+_CONNECT_TIMEOUT: type[BaseException] | None = getattr(aiohttp, "ConnectionTimeoutError", None)
 _TLS_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectorCertificateError,
     aiohttp.ClientConnectorSSLError,
@@ -61,6 +63,29 @@ _LOST_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientOSError,
     ConnectionError,
 )
+
+
+class _RedactedStr(str):
+    """The API key as sent: its ``repr`` is redacted, so it stays out of tracebacks that
+    capture local variables (Sentry, rich, pytest --showlocals) and out of aiohttp's
+    request_info reprs. Its value, and so the header on the wire, is unchanged."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'<redacted>'"
+
+
+def _redact_request_info(exc: BaseException) -> None:
+    """Drop the request headers (which hold the API key) from an aiohttp error we chain."""
+    info = getattr(exc, "request_info", None)
+    if isinstance(info, aiohttp.RequestInfo) and "X-API-Key" in info.headers:
+        from multidict import CIMultiDict, CIMultiDictProxy
+
+        headers = CIMultiDict(info.headers)
+        headers["X-API-Key"] = "<redacted>"
+        with contextlib.suppress(AttributeError):  # read-only in some aiohttp version
+            exc.request_info = info._replace(headers=CIMultiDictProxy(headers))  # type: ignore[attr-defined]
 
 
 class Transport:
@@ -103,7 +128,7 @@ class Transport:
                     setting="api_key",
                 )
             headers = {
-                "X-API-Key": self._config.api_key,
+                "X-API-Key": _RedactedStr(self._config.api_key),
                 "X-Phala-Version": version,
                 "User-Agent": self._config.user_agent,
                 "Accept": "application/json",
@@ -130,7 +155,10 @@ class Transport:
                 ssl=self._config.ssl_context if self._config.ssl_context is not None else True,
             )
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, raise_for_status=False
+                connector=connector,
+                timeout=self._timeout,
+                raise_for_status=False,
+                trust_env=self._config.trust_env,
             )
         return self._session
 
@@ -152,6 +180,12 @@ class Transport:
             "port": self._port,
         }
         target = f"{self._host}:{self._port}"
+        if _CONNECT_TIMEOUT is not None and isinstance(exc, _CONNECT_TIMEOUT):
+            return APITimeoutError(
+                f"connecting to {target} timed out after {self._config.connect_timeout:g} s",
+                timeout=self._config.connect_timeout,
+                **where,
+            )
         if isinstance(exc, (asyncio.TimeoutError, TimeoutError, aiohttp.ServerTimeoutError)):
             return APITimeoutError(
                 f"GET {url} timed out after {timeout:g} s", timeout=timeout, **where
@@ -168,7 +202,7 @@ class Transport:
                 return ConnectRefusedError(f"connection to {target} refused", **where)
             if isinstance(os_error, (asyncio.TimeoutError, TimeoutError)):
                 return APITimeoutError(
-                    f"connecting to {target} timed out",
+                    f"connecting to {target} timed out after {self._config.connect_timeout:g} s",
                     timeout=self._config.connect_timeout,
                     **where,
                 )
@@ -180,16 +214,27 @@ class Transport:
         return TransportError(f"GET {url} failed: {type(exc).__name__}: {exc}", **where)
 
     async def _read_body(self, resp: aiohttp.ClientResponse, url: str) -> bytes:
+        """Read the body, at most ``max_response_bytes`` after decompression.
+
+        An error status's body is cut at the limit (its status still decides the error);
+        a larger success body is a ResponseValidationError.
+        """
         limit = self._config.max_response_bytes
         length = resp.content_length
-        if length is not None and length <= limit:
-            return await resp.read()
-        if length is None:
+        compressed = "Content-Encoding" in resp.headers
+        if length is not None and length <= limit and not compressed:
+            return await resp.read()  # the common case: small, plain, length known
+        if length is None or compressed or resp.status >= 300:
+            # Count what aiohttp hands over, i.e. decompressed bytes (a small gzip body
+            # can inflate to gigabytes).
             chunks = []
             size = 0
             async for chunk in resp.content.iter_chunked(256 * 1024):
                 size += len(chunk)
                 if size > limit:
+                    if resp.status >= 300:
+                        chunks.append(chunk[: len(chunk) - (size - limit)])
+                        return b"".join(chunks)
                     break
                 chunks.append(chunk)
             else:
@@ -223,6 +268,7 @@ class Transport:
                 params=params,
                 headers=headers,
                 allow_redirects=False,
+                raise_for_status=False,  # even on a caller's session: statuses are ours to map
                 timeout=request_timeout,
             ) as resp:
                 status = resp.status
@@ -231,6 +277,7 @@ class Transport:
         except PhalaKMSError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            _redact_request_info(exc)
             if self._closed:  # aclose() ran while this request was in flight
                 raise ClientStateError(
                     f"the client was closed while GET {url} was in flight"

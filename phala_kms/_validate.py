@@ -13,6 +13,8 @@ from .errors import InvalidArgumentError
 
 __all__ = ["app_id_hex", "bool_param", "int_param", "kms_segment", "path_segment"]
 
+_UNSAFE_IN_SEGMENT = frozenset("/\\%?#")
+
 MAX_SEGMENT_CHARS = 256
 """The longest id, slug or chain name accepted, in characters."""
 
@@ -48,12 +50,14 @@ def app_id_hex(app_id: object, argument: str = "app_id") -> str:
 def path_segment(value: object, argument: str) -> str:
     """Check a KMS id, slug, type or chain name and percent-quote it as one path segment.
 
-    Every character outside ``A-Z a-z 0-9 - . _ ~`` is quoted (``/`` included), so a
-    value can never change the request path.
+    Characters that could change the path where a server percent-decodes it before
+    routing (``/ \\ % ? #`` and control characters) are refused; every other
+    character outside ``A-Z a-z 0-9 - . _ ~`` is percent-quoted.
 
     Raises:
-        InvalidArgumentError: Not a str, empty or blank, ``.`` or ``..``, longer
-            than 256 characters, or not encodable as UTF-8.
+        InvalidArgumentError: Not a str, empty or blank, ``.`` or ``..``, holding
+            ``/ \\ % ? #`` or a control character, longer than 256 characters, or not
+            encodable as UTF-8.
     """
     if not isinstance(value, str):
         raise InvalidArgumentError(
@@ -63,6 +67,14 @@ def path_segment(value: object, argument: str) -> str:
         raise InvalidArgumentError(f"{argument} must not be empty", argument=argument)
     if value in (".", ".."):
         raise InvalidArgumentError(f"{argument} must not be {value!r}", argument=argument)
+    bad = _UNSAFE_IN_SEGMENT.intersection(value)
+    if bad or not value.isprintable():
+        shown = "".join(sorted(bad)) if bad else "a control character"
+        raise InvalidArgumentError(
+            f"{argument} must not contain {shown!r}: some servers decode the path before"
+            " routing, so such a value could reach another endpoint",
+            argument=argument,
+        )
     if len(value) > MAX_SEGMENT_CHARS:
         raise InvalidArgumentError(
             f"{argument} is {len(value)} characters; at most {MAX_SEGMENT_CHARS} are accepted",

@@ -944,14 +944,15 @@ def pubkeys_command(
                 def on_progress(done: int, total: int) -> None:
                     progress.update(task, completed=done, total=total)
 
+                if signer is None:
+                    return await client.get_app_env_encrypt_pubkeys(
+                        kms, ids, concurrency=concurrency, return_exceptions=True,
+                        on_progress=on_progress,
+                    )  # fmt: skip
                 return await client.get_app_env_encrypt_pubkeys(
-                    kms,
-                    ids,
-                    concurrency=concurrency,
-                    return_exceptions=True,
-                    trusted_signer=signer.key if signer else None,
-                    on_progress=on_progress,
-                )
+                    kms, ids, concurrency=concurrency, return_exceptions=True,
+                    trusted_signer=signer.key, on_progress=on_progress,
+                )  # fmt: skip
 
     results = asyncio.run(fetch())
     from .errors import PhalaKMSError

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Final, Literal, overload
 
 from ._config import (
     NODE_API_VERSION,
@@ -34,10 +35,25 @@ if TYPE_CHECKING:
 
     from .crypto import EnvVar
 
-__all__ = ["CONTRACT_API_VERSION", "AsyncKMSClient", "ProgressCallback"]
+__all__ = ["CONTRACT_API_VERSION", "UNVERIFIED", "AsyncKMSClient", "ProgressCallback"]
 
 CONTRACT_API_VERSION = "2026-06-23"
 """The version pinned on the contract-centric calls (``list_kms_contracts`` and friends)."""
+
+
+class _Unverified(enum.Enum):
+    UNVERIFIED = "unverified"
+
+    def __repr__(self) -> str:
+        return "UNVERIFIED"
+
+
+UNVERIFIED: Final = _Unverified.UNVERIFIED
+"""The fan-out's default ``trusted_signer``: fetch keys without verifying them.
+
+It is a marker rather than ``None`` so that a signer looked up at run time and found
+missing (e.g. a ``k256_pubkey`` the API returned as ``null``) fails closed with
+``SignatureVerificationError`` instead of silently turning verification off."""
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``on_progress(done, total)`` after each distinct app id of a fan-out finishes."""
@@ -81,9 +97,10 @@ class AsyncKMSClient:
         timeout: The limit for one attempt (connect, send, wait, read), in seconds.
             The default of 60 s allows for the server's own KMS round trip (~30 s).
         max_retries: Retries after the first attempt for safe failures; 0 disables.
-        session: An ``aiohttp.ClientSession`` you own. The client uses it as is
-            (its connector limit, TLS settings and timeouts apply unless overridden
-            per request) and never closes it. By default the client creates its own.
+        session: An ``aiohttp.ClientSession`` you own. The client uses its connector
+            (pool limit, TLS settings, proxies) and never closes it; the client's own
+            ``timeout``, redirect refusal and status handling still apply to every
+            request. By default the client creates its own session.
         connect_timeout: The limit for opening a TCP connection, in seconds.
         retry_policy: Full control of retry timing; pass it instead of ``max_retries``.
         max_connections: The connection pool size for the client's own session; it
@@ -92,6 +109,9 @@ class AsyncKMSClient:
             ``ssl.create_default_context(cafile="corp-ca.pem")`` to trust a private CA.
             Default: the system's trust store, with certificate and host-name checks
             (they cannot be turned off by accident: there is no ``verify=False``).
+        trust_env: Honour ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` (and
+            ``~/.netrc``) for the client's own session, as aiohttp's ``trust_env``
+            does. Off by default, like aiohttp.
 
     Raises:
         ConfigurationError: A setting is unusable (bad base URL, non-positive
@@ -112,6 +132,7 @@ class AsyncKMSClient:
         retry_policy: RetryPolicy | None = None,
         max_connections: int = 100,
         ssl_context: ssl.SSLContext | None = None,
+        trust_env: bool = False,
     ) -> None:
         self._config = resolve_config(
             api_key=api_key,
@@ -123,6 +144,7 @@ class AsyncKMSClient:
             retry_policy=retry_policy,
             max_connections=max_connections,
             ssl_context=ssl_context,
+            trust_env=trust_env,
         )
         if session is not None and ssl_context is not None:
             raise ConfigurationError(
@@ -539,7 +561,7 @@ class AsyncKMSClient:
         self,
         kms: str,
         app_id: str,
-        env_vars: Mapping[str, str] | Sequence[EnvVar],
+        env_vars: Mapping[str, str] | Iterable[EnvVar | tuple[str, str]],
         *,
         trusted_signer: str | bytes,
         api_version: str | None = None,
@@ -553,7 +575,8 @@ class AsyncKMSClient:
         Args:
             kms: A KMS id, slug, or type.
             app_id: 40 hex characters (20 bytes), ``0x`` optional.
-            env_vars: A mapping of name to value, or a sequence of ``EnvVar``.
+            env_vars: A mapping of name to value, or an iterable of ``EnvVar`` or
+                ``(name, value)`` pairs (read once).
             trusted_signer: As in :meth:`get_verified_app_env_encrypt_pubkey`.
             api_version: Override the client's ``X-Phala-Version`` for this call.
 
@@ -565,13 +588,15 @@ class AsyncKMSClient:
             InvalidArgumentError: A bad env var name or value type; nothing is sent.
             The errors of :meth:`get_verified_app_env_encrypt_pubkey`.
         """
-        from .crypto import _env_plaintext, encrypt_env_vars
+        from .crypto import encrypt_env_plaintext, env_vars_plaintext
 
-        _env_plaintext(env_vars)  # checks names and values before any request
+        # Build the plaintext once, before any request: env_vars may be a one-shot
+        # iterable, and what was checked must be exactly what is encrypted.
+        plaintext = env_vars_plaintext(env_vars)
         key = await self.get_verified_app_env_encrypt_pubkey(
             kms, app_id, trusted_signer=trusted_signer, api_version=api_version
         )
-        return encrypt_env_vars(env_vars, key.public_key_bytes)
+        return encrypt_env_plaintext(plaintext, key.public_key_bytes)
 
     # ------------------------------------------------------------------ fan-out
 
@@ -583,7 +608,8 @@ class AsyncKMSClient:
         *,
         concurrency: int = ...,
         return_exceptions: Literal[False] = ...,
-        trusted_signer: str | bytes | None = ...,
+        trusted_signer: str | bytes | _Unverified = ...,
+        max_age: float = ...,
         on_progress: ProgressCallback | None = ...,
         api_version: str | None = ...,
     ) -> list[AppEnvEncryptPubKey]: ...
@@ -596,7 +622,8 @@ class AsyncKMSClient:
         *,
         concurrency: int = ...,
         return_exceptions: Literal[True],
-        trusted_signer: str | bytes | None = ...,
+        trusted_signer: str | bytes | _Unverified = ...,
+        max_age: float = ...,
         on_progress: ProgressCallback | None = ...,
         api_version: str | None = ...,
     ) -> list[AppEnvEncryptPubKey | PhalaKMSError]: ...
@@ -608,7 +635,8 @@ class AsyncKMSClient:
         *,
         concurrency: int = 32,
         return_exceptions: bool = False,
-        trusted_signer: str | bytes | None = None,
+        trusted_signer: str | bytes | _Unverified = UNVERIFIED,
+        max_age: float = 300.0,
         on_progress: ProgressCallback | None = None,
         api_version: str | None = None,
     ) -> list[AppEnvEncryptPubKey] | list[AppEnvEncryptPubKey | PhalaKMSError]:
@@ -631,7 +659,11 @@ class AsyncKMSClient:
                 batch carries on.
             trusted_signer: If given, each key is verified as in
                 :meth:`get_verified_app_env_encrypt_pubkey`; a key that fails is a
-                :class:`~phala_kms.errors.SignatureVerificationError`.
+                :class:`~phala_kms.errors.SignatureVerificationError`. Omitted (the
+                :data:`UNVERIFIED` default), keys are fetched unverified. ``None`` is
+                refused, so a missing ``k256_pubkey`` cannot disable verification.
+            max_age: With ``trusted_signer``, the oldest timestamped signature
+                accepted, in seconds.
             on_progress: Called as ``on_progress(done, total)`` after each distinct
                 well-formed id finishes, successfully or not, on the event loop;
                 ``total`` counts those ids (malformed ids are never sent, so they are
@@ -644,8 +676,8 @@ class AsyncKMSClient:
         Raises:
             InvalidArgumentError: ``concurrency`` < 1, a malformed ``kms``, or (when
                 ``return_exceptions`` is ``False``) a malformed app id; nothing is sent.
-            SignatureVerificationError: ``trusted_signer`` is given but unusable
-                (``reason="invalid_trusted_signer"``); nothing is sent.
+            SignatureVerificationError: ``trusted_signer`` is given but unusable,
+                ``None`` included (``reason="invalid_trusted_signer"``); nothing is sent.
             PhalaKMSError: With ``return_exceptions=False``, the first failure of any
                 request, as raised by :meth:`get_app_env_encrypt_pubkey` (or
                 :class:`~phala_kms.errors.SignatureVerificationError`).
@@ -653,10 +685,11 @@ class AsyncKMSClient:
         int_param(concurrency, "concurrency", 1)
         kms_segment(kms, "kms")
         self._version(api_version)
-        if trusted_signer is not None:
+        signer = None if trusted_signer is UNVERIFIED else trusted_signer
+        if signer is not None or trusted_signer is None:
             from .crypto import check_trusted_signer
 
-            check_trusted_signer(trusted_signer)
+            check_trusted_signer(signer)  # None raises: fail closed
         # Normalise and deduplicate up front: a malformed id fails before any request.
         slot_of: dict[str, int] = {}
         unique: list[str] = []
@@ -691,8 +724,8 @@ class AsyncKMSClient:
                 app = unique[index]
                 try:
                     key = await self.get_app_env_encrypt_pubkey(kms, app, api_version=api_version)
-                    if trusted_signer is not None:
-                        _verify(key, app, trusted_signer, 300.0)
+                    if signer is not None:
+                        _verify(key, app, signer, max_age)
                     results[index] = key
                 except PhalaKMSError as err:
                     if not return_exceptions:

@@ -75,7 +75,9 @@ __all__ = [
     "EnvVarsLike",
     "app_id_to_bytes",
     "check_trusted_signer",
+    "encrypt_env_plaintext",
     "encrypt_env_vars",
+    "env_vars_plaintext",
     "env_encrypt_pubkey_message",
     "ethereum_address",
     "keccak256",
@@ -405,7 +407,11 @@ def encrypt_env_vars(env_vars: EnvVarsLike, public_key: str | bytes) -> str:
             Messages name variables, never values.
     """
     recipient = X25519PublicKey.from_public_bytes(_decode_x25519_public_key(public_key))
-    plaintext = _env_plaintext(env_vars)
+    return _seal(_env_plaintext(env_vars), recipient)
+
+
+def _seal(plaintext: bytes, recipient: X25519PublicKey) -> str:
+    """ECIES-seal an already-built plaintext (see :func:`encrypt_env_vars`)."""
     ephemeral = X25519PrivateKey.generate()
     try:
         shared = ephemeral.exchange(recipient)
@@ -417,6 +423,29 @@ def encrypt_env_vars(env_vars: EnvVarsLike, public_key: str | bytes) -> str:
     iv = os.urandom(12)
     sealed = AESGCM(shared).encrypt(iv, plaintext, None)
     return (ephemeral.public_key().public_bytes_raw() + iv + sealed).hex()
+
+
+def encrypt_env_plaintext(plaintext: bytes, public_key: str | bytes) -> str:
+    """Encrypt a plaintext already built by :func:`env_vars_plaintext` (same output as
+    :func:`encrypt_env_vars`); lets a caller check env vars, do I/O, then encrypt
+    exactly what it checked.
+
+    Raises:
+        InvalidArgumentError: As :func:`encrypt_env_vars` for ``public_key``.
+    """
+    recipient = X25519PublicKey.from_public_bytes(_decode_x25519_public_key(public_key))
+    return _seal(plaintext, recipient)
+
+
+def env_vars_plaintext(env_vars: EnvVarsLike) -> bytes:
+    """Check env vars and build the compact UTF-8 JSON that :func:`encrypt_env_vars` seals.
+
+    Reads ``env_vars`` once (a generator is fine).
+
+    Raises:
+        InvalidArgumentError: As :func:`encrypt_env_vars` for ``env_vars``.
+    """
+    return _env_plaintext(env_vars)
 
 
 # --------------------------------------------------------------------------- signatures

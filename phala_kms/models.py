@@ -14,8 +14,7 @@ signatures of :class:`AppEnvEncryptPubKey` are normalised to lowercase hex witho
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import MappingProxyType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 import attrs
 
@@ -36,20 +35,50 @@ __all__ = [
 
 T = TypeVar("T")
 
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+class ReadOnlyDict(dict[str, Any]):
+    """A ``dict`` that refuses changes: what ``extra`` holds.
+
+    Being a real ``dict``, it pickles, deep-copies and serialises with ``json`` like
+    one; every method that would change it raises ``TypeError``.
+    """
+
+    __slots__ = ()
+
+    def _read_only(self, *_args: Any, **_kwargs: Any) -> NoReturn:
+        raise TypeError("extra is read-only (the response as sent)")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ReadOnlyDict, (dict(self),))
+
+    def __copy__(self) -> ReadOnlyDict:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ReadOnlyDict:
+        import copy
+
+        return ReadOnlyDict(copy.deepcopy(dict(self), memo))
+
+
+_EMPTY = ReadOnlyDict()
 
 
 def _extra() -> Any:
-    """The ``extra`` field: unknown response keys, as sent, read-only."""
-    return attrs.field(default=_EMPTY, repr=False, converter=_freeze_mapping)
+    """The ``extra`` field: unknown response keys, as sent, read-only.
+
+    It takes part in ``==`` but not in ``hash()``, so models stay hashable."""
+    return attrs.field(default=_EMPTY, repr=False, converter=_freeze_mapping, hash=False)
 
 
 def _freeze_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
     if not value:
         return _EMPTY
-    if isinstance(value, MappingProxyType):
+    if isinstance(value, ReadOnlyDict):
         return value
-    return MappingProxyType(dict(value))
+    return ReadOnlyDict(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -226,8 +255,9 @@ class NextAppID:
     """A predicted app id on the Phala KMS, with the nonce to provision it with.
 
     Attributes:
-        app_id: 40 hex characters (20 bytes), as sent (no ``0x``).
-        nonce: The deployer nonce (>= 0) to pass back with ``app_id``.
+        app_id: 40 lowercase hex characters (20 bytes), without ``0x`` (checked and
+            normalised on decode).
+        nonce: The deployer nonce (>= 0, checked on decode) to pass back with ``app_id``.
         extra: Response fields this version does not know, as sent.
     """
 

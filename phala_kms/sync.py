@@ -117,6 +117,10 @@ class _LoopThread:
             return self._aloop, self._client
 
     def shutdown(self) -> None:
+        thread = self._thread
+        if thread is not None and threading.get_ident() == thread.ident:
+            # Checked before any state changes, so the refused close leaves the client whole.
+            raise ClientStateError("KMSClient.close() cannot be called from its own loop thread")
         with self._lock:
             if self.closed:
                 return
@@ -128,8 +132,6 @@ class _LoopThread:
                 return
         if portal is None or thread is None or not thread.is_alive():
             return
-        if threading.get_ident() == thread.ident:
-            raise ClientStateError("KMSClient.close() cannot be called from its own loop thread")
         try:
             if client is not None:
                 portal.call(client.aclose)
@@ -173,6 +175,7 @@ class KMSClient:
         retry_policy: Full control of retry timing, instead of ``max_retries``.
         max_connections: The connection pool size (default 100).
         ssl_context: An ``ssl.SSLContext`` to trust a private CA (default: the system's).
+        trust_env: Honour ``HTTP(S)_PROXY``/``NO_PROXY`` and ``~/.netrc`` (default off).
 
     Raises:
         ConfigurationError: A setting is unusable (raised here, at construction).
@@ -190,6 +193,7 @@ class KMSClient:
         retry_policy: RetryPolicy | None = None,
         max_connections: int = 100,
         ssl_context: ssl.SSLContext | None = None,
+        trust_env: bool = False,
     ) -> None:
         make_client = functools.partial(
             AsyncKMSClient,
@@ -202,6 +206,7 @@ class KMSClient:
             retry_policy=retry_policy,
             max_connections=max_connections,
             ssl_context=ssl_context,
+            trust_env=trust_env,
         )
         self._loop = _LoopThread(make_client)
         assert self._loop._client is not None
@@ -256,7 +261,10 @@ class KMSClient:
             )
         try:
             future = asyncio.run_coroutine_threadsafe(coro, loop)
-        except BaseException:  # the loop is gone (e.g. closed concurrently)
+        except RuntimeError:  # the loop closed between get() and here: close() won the race
+            coro.close()
+            raise ClientStateError("this KMSClient is closed; create a new one") from None
+        except BaseException:
             coro.close()
             raise
         try:
@@ -268,6 +276,12 @@ class KMSClient:
                 except concurrent.futures.TimeoutError:
                     if future.done():  # the call itself raised a TimeoutError (ours subclass it)
                         return future.result()
+                    if self._loop.closed and not loop.is_running():
+                        # close() stopped the loop before this call was scheduled on it
+                        future.cancel()
+                        raise ClientStateError(
+                            "the KMSClient was closed while this call ran"
+                        ) from None
         except concurrent.futures.CancelledError:
             if self._loop.closed:  # close() from another thread cancelled this call
                 raise ClientStateError("the KMSClient was closed while this call ran") from None

@@ -316,12 +316,6 @@ NOT_RETRIED: list[Any] = [
         200,
         id="huge-body-chunked",
     ),
-    pytest.param(
-        HugeBodyFault(16 * ONE_MIB + 1, status=503),
-        ResponseValidationError,
-        503,
-        id="huge-503-body",
-    ),
 ]
 
 

@@ -262,7 +262,13 @@ def test_path_segment_is_one_segment_or_rejected(value: str) -> None:
         err = None
     if err is not None:
         assert err.argument == "kms"
-        assert not value.strip() or value in (".", "..") or len(value) > 256
+        assert (
+            not value.strip()
+            or value in (".", "..")
+            or len(value) > 256
+            or bool(set(value) & set("/\\%?#"))
+            or not value.isprintable()
+        )
         return
     assert not set(quoted) & set("/?#\\ %") - {"%"}
     assert all(c.isascii() and (c.isalnum() or c in "-._~%") for c in quoted)

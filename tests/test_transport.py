@@ -113,6 +113,12 @@ async def test_query_params(mocked: Any, client: AsyncKMSClient) -> None:
         (lambda c: c.get_kms_info("   "), "kms_id"),
         (lambda c: c.get_kms_info(".."), "kms_id"),
         (lambda c: c.get_kms_info("x" * 257), "kms_id"),
+        (lambda c: c.get_kms_info("../admin"), "kms_id"),
+        (lambda c: c.get_kms_info("a/b"), "kms_id"),
+        (lambda c: c.get_kms_info("a?b=c"), "kms_id"),
+        (lambda c: c.get_kms_info("a#b"), "kms_id"),
+        (lambda c: c.get_kms_info("%2f"), "kms_id"),
+        (lambda c: c.get_kms_info("a\\b"), "kms_id"),
         (lambda c: c.get_kms_info(None), "kms_id"),
         (lambda c: c.get_app_env_encrypt_pubkey("phala", APP_ID[:-1]), "app_id"),
         (lambda c: c.get_app_env_encrypt_pubkey("phala", APP_ID + "00"), "app_id"),
@@ -141,12 +147,8 @@ async def test_bad_arguments_fail_before_sending(
 @pytest.mark.parametrize(
     ("kms_id", "path"),
     [
-        ("../admin", "/api/v1/kms/..%2Fadmin"),
-        ("a/b", "/api/v1/kms/a%2Fb"),
-        ("a?b=c", "/api/v1/kms/a%3Fb=c"),  # "=" is legal in a path; "?" is what must not leak
-        ("a#b", "/api/v1/kms/a%23b"),
-        ("%2f", "/api/v1/kms/%252f"),
         ("a b", "/api/v1/kms/a%20b"),
+        ("a=b;c", "/api/v1/kms/a=b;c"),  # legal in a path segment, sent as is
         ("ünï", "/api/v1/kms/%C3%BCn%C3%AF"),
     ],
 )
