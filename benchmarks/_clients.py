@@ -79,9 +79,12 @@ class Contender:
         self.base_url = base_url
         self.api_key = api_key
 
+    scenarios: tuple[str, ...] = ("sequential", "fanout", "unbounded", "pages")
+    """The scenario methods this contender runs (sync contenders have no unbounded gather)."""
+
     @property
     def ops(self) -> dict[str, Any]:
-        raise NotImplementedError
+        return {name: getattr(self, name) for name in self.scenarios}
 
     def open(self) -> Any:
         raise NotImplementedError
@@ -135,15 +138,6 @@ class BareAiohttp(Contender):
                 return count
             page += 1
 
-    @property
-    def ops(self) -> dict[str, Any]:
-        return {
-            "sequential": self.sequential,
-            "fanout": self.fanout,
-            "unbounded": self.unbounded,
-            "pages": self.pages,
-        }
-
 
 # --------------------------------------------------------------------------- phala-kms
 
@@ -179,15 +173,6 @@ class PhalaKMSAsync(Contender):
             count += 1
         return count
 
-    @property
-    def ops(self) -> dict[str, Any]:
-        return {
-            "sequential": self.sequential,
-            "fanout": self.fanout,
-            "unbounded": self.unbounded,
-            "pages": self.pages,
-        }
-
 
 class PhalaKMSAsyncGather(PhalaKMSAsync):
     name = "async_gather"
@@ -202,6 +187,7 @@ class PhalaKMSSync(Contender):
     name = "sync"
     label = "KMSClient"
     style = "sync"
+    scenarios = ("sequential", "fanout", "pages")
 
     def open(self) -> Any:
         from phala_kms import KMSClient
@@ -220,10 +206,6 @@ class PhalaKMSSync(Contender):
 
     def pages(self, client: Any, _: Sequence[str]) -> int:
         return sum(1 for _item in client.iter_kms_list(page_size=PAGE_SIZE))
-
-    @property
-    def ops(self) -> dict[str, Any]:
-        return {"sequential": self.sequential, "fanout": self.fanout, "pages": self.pages}
 
 
 # --------------------------------------------------------------------------- phala-cloud
@@ -297,20 +279,12 @@ class PhalaCloudAsync(Contender):
                 return count
             page += 1
 
-    @property
-    def ops(self) -> dict[str, Any]:
-        return {
-            "sequential": self.sequential,
-            "fanout": self.fanout,
-            "unbounded": self.unbounded,
-            "pages": self.pages,
-        }
-
 
 class PhalaCloudSync(Contender):
     name = "pc_sync"
     label = "phala-cloud sync"
     style = "sync"
+    scenarios = ("sequential", "fanout", "pages")
 
     def open(self) -> Any:
         import httpx
@@ -342,10 +316,6 @@ class PhalaCloudSync(Contender):
             if page >= result.pages:
                 return count
             page += 1
-
-    @property
-    def ops(self) -> dict[str, Any]:
-        return {"sequential": self.sequential, "fanout": self.fanout, "pages": self.pages}
 
 
 CONTENDERS: tuple[type[Contender], ...] = (
