@@ -115,13 +115,6 @@ def _nullable(hook: Callable[[Any, Any], T]) -> Callable[[Any, Any], T | None]:
     return nullable_hook
 
 
-def _optional(hook: Callable[[Any, Any], str]) -> Callable[[Any, Any], str | None]:
-    def optional_hook(value: Any, type_: Any) -> str | None:
-        return None if value is None else hook(value, type_)
-
-    return optional_hook
-
-
 def _is_model(type_: Any) -> bool:
     cls = get_origin(type_) or type_
     return isinstance(cls, type) and attrs.has(cls) and "extra" in attrs.fields_dict(cls)
@@ -138,7 +131,7 @@ def _model_hook_factory(type_: Any, conv: cattrs.Converter) -> Callable[[Any, An
     if cls is AppEnvEncryptPubKey:
         overrides["public_key"] = override(struct_hook=_hex_field(32))
         overrides["signature"] = override(struct_hook=_hex_field(65))
-        overrides["signature_v1"] = override(struct_hook=_optional(_hex_field(65)))
+        overrides["signature_v1"] = override(struct_hook=_nullable(_hex_field(65)))
     base = make_dict_structure_fn(type_, conv, _cattrs_forbid_extra_keys=False, **overrides)
 
     def structure_model(value: Any, _: Any) -> Any:
