@@ -44,7 +44,8 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from ._config import DEFAULT_API_VERSION, DEFAULT_BASE_URL, ClientConfig, RetryPolicy
+    from ._config import ClientConfig, RetryPolicy
+    from ._constants import DEFAULT_API_VERSION, DEFAULT_BASE_URL
     from .client import AsyncKMSClient
     from .crypto import (
         EnvVar,
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
         OnChainKMSContract,
         OnChainOSImage,
         Paginated,
+        TrustedSigner,
     )
     from .sync import KMSClient
 
@@ -73,8 +75,8 @@ _LAZY = {
     "KMSClient": "sync",
     "ClientConfig": "_config",
     "RetryPolicy": "_config",
-    "DEFAULT_API_VERSION": "_config",
-    "DEFAULT_BASE_URL": "_config",
+    "DEFAULT_API_VERSION": "_constants",
+    "DEFAULT_BASE_URL": "_constants",
     "EnvVar": "crypto",
     "encrypt_env_vars": "crypto",
     "recover_env_encrypt_pubkey_signer": "crypto",
@@ -91,10 +93,8 @@ _LAZY = {
     "OnChainKMSContract": "models",
     "OnChainOSImage": "models",
     "Paginated": "models",
+    "TrustedSigner": "models",
 }
-
-
-__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
 
 
 __all__ = [
@@ -140,6 +140,7 @@ __all__ = [
     "SignatureVerificationError",
     "TLSError",
     "TransportError",
+    "TrustedSigner",
     "UnprocessableEntityError",
     "ValidationErrorItem",
     "__version__",
@@ -147,3 +148,5 @@ __all__ = [
     "recover_env_encrypt_pubkey_signer",
     "verify_env_encrypt_public_key",
 ]
+
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY, __all__)

@@ -12,32 +12,23 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from ._constants import (
+    DEFAULT_API_VERSION,
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_MAX_RETRIES,
+    ENV_API_KEY,
+    ENV_BASE_URL,
+)
 from ._version import __version__
 from .errors import ConfigurationError
 
 __all__ = [
-    "DEFAULT_API_VERSION",
-    "DEFAULT_BASE_URL",
-    "ENV_API_KEY",
-    "ENV_BASE_URL",
-    "NODE_API_VERSION",
     "ClientConfig",
     "RetryPolicy",
     "header_safe",
     "resolve_config",
 ]
-
-DEFAULT_BASE_URL = "https://cloud-api.phala.com/api/v1"
-"""The API prefix used when neither an argument nor ``PHALA_CLOUD_API_PREFIX`` is set."""
-
-DEFAULT_API_VERSION = "2026-06-23"
-"""The ``X-Phala-Version`` sent by default (the newest version the spec knows)."""
-
-NODE_API_VERSION = "2026-05-22"
-"""The version pinned on ``GET /kms`` and ``GET /kms/{kms_id}`` to keep their node-centric shape."""
-
-ENV_API_KEY = "PHALA_CLOUD_API_KEY"
-ENV_BASE_URL = "PHALA_CLOUD_API_PREFIX"
 
 USER_AGENT = f"phala-kms/{__version__}"
 
@@ -100,7 +91,7 @@ class RetryPolicy:
             what remains.
     """
 
-    max_retries: int = attrs.field(default=3)
+    max_retries: int = attrs.field(default=DEFAULT_MAX_RETRIES)
     initial_backoff: float = attrs.field(default=0.5, validator=_seconds("initial_backoff"))
     max_backoff: float = attrs.field(default=8.0, validator=_seconds("max_backoff"))
     jitter: float = attrs.field(default=0.25)
@@ -140,7 +131,7 @@ class ClientConfig:
     max_connections: int
     ssl_context: ssl.SSLContext | None = attrs.field(default=None, repr=False)
     trust_env: bool = False
-    max_response_bytes: int = 16 * 1024 * 1024
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     user_agent: str = USER_AGENT
 
 
@@ -223,6 +214,7 @@ def resolve_config(
     max_connections: int,
     ssl_context: ssl.SSLContext | None = None,
     trust_env: bool = False,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> ClientConfig:
     """Merge arguments with ``PHALA_CLOUD_API_KEY``/``PHALA_CLOUD_API_PREFIX`` and validate.
 
@@ -269,6 +261,11 @@ def resolve_config(
             f"max_connections must be an int >= 1, got {max_connections!r}",
             setting="max_connections",
         )
+    if type(max_response_bytes) is not int or max_response_bytes < 1:
+        raise ConfigurationError(
+            f"max_response_bytes must be an int >= 1, got {max_response_bytes!r}",
+            setting="max_response_bytes",
+        )
     return ClientConfig(
         base_url=normalize_base_url(base_url),
         api_key=api_key,
@@ -279,4 +276,5 @@ def resolve_config(
         max_connections=max_connections,
         ssl_context=_ssl_context(ssl_context),
         trust_env=bool(trust_env),
+        max_response_bytes=max_response_bytes,
     )

@@ -1,10 +1,12 @@
-"""The paging walk shared by the async and blocking iterators."""
+"""The paging walk shared by the async and blocking iterators, guarded against loops."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+from .errors import ResponseValidationError
 from .models import Paginated
 
 __all__ = ["awalk_pages", "next_page", "walk_pages"]
@@ -12,32 +14,72 @@ __all__ = ["awalk_pages", "next_page", "walk_pages"]
 T = TypeVar("T")
 
 
-def next_page(requested: int, result: Paginated[Any]) -> int | None:
+def next_page(requested: int, result: Paginated[Any], *, first_total: int) -> int | None:
     """The page to fetch after page ``requested`` returned ``result``, or ``None`` at the end.
 
-    The last page is the server's ``pages``; an empty page also ends the walk, and
-    the count follows the pages requested rather than the ``page`` echoed back, so a
-    server that miscounts can never make an iterator loop forever.
+    The end is :attr:`Paginated.has_next` (the one rule). A server that cannot be
+    walked to an end raises instead of looping.
+
+    Args:
+        requested: The page number that was asked for.
+        result: What the server answered.
+        first_total: ``total`` as page 1 reported it; the walk never asks for more
+            than ``ceil(first_total / page_size)`` pages.
+
+    Raises:
+        ResponseValidationError: The server echoed another ``page`` than the one
+            asked for (it ignores ``?page``), or says more pages follow than its
+            first ``total`` allows.
     """
-    if not result.items or requested >= result.pages:
+    if result.page != requested:
+        raise _loop_error(f"asked for page {requested} but the server answered page {result.page}")
+    if not result.has_next:
         return None
+    limit = math.ceil(first_total / result.page_size) if result.page_size > 0 else 0
+    if requested >= limit:
+        raise _loop_error(
+            f"page {requested} says more pages follow, but total={first_total} with"
+            f" page_size={result.page_size} allows only {limit}"
+        )
     return requested + 1
 
 
+def _loop_error(problem: str) -> ResponseValidationError:
+    return ResponseValidationError(
+        f"200: the paging cannot end: {problem}",
+        status=200,
+        method="GET",
+        model="Paginated",
+        problems=(problem,),
+    )
+
+
 async def awalk_pages(fetch: Callable[[int], Awaitable[Paginated[T]]]) -> AsyncIterator[T]:
-    """Yield every item of every page, calling ``fetch(page)`` for pages 1, 2, ... in turn."""
+    """Yield every item of every page, calling ``fetch(page)`` for pages 1, 2, ... in turn.
+
+    Raises:
+        ResponseValidationError: As :func:`next_page`.
+    """
     page: int | None = 1
+    first_total: int | None = None
     while page is not None:
         result = await fetch(page)
+        if first_total is None:
+            first_total = result.total
+        page_after = next_page(page, result, first_total=first_total)
         for item in result.items:
             yield item
-        page = next_page(page, result)
+        page = page_after
 
 
 def walk_pages(fetch: Callable[[int], Paginated[T]]) -> Iterator[T]:
     """The blocking twin of :func:`awalk_pages`."""
     page: int | None = 1
+    first_total: int | None = None
     while page is not None:
         result = fetch(page)
+        if first_total is None:
+            first_total = result.total
+        page_after = next_page(page, result, first_total=first_total)
         yield from result.items
-        page = next_page(page, result)
+        page = page_after

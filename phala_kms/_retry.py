@@ -1,16 +1,25 @@
-"""Retry policy as small pure functions; the transport runs the one loop that uses them.
+"""Retry policy as small pure functions, and the one retry loop that uses them.
 
-Nothing here sleeps, reads a clock or draws a random number: callers pass ``now``
-and the random draw in, so every decision can be tested as a table.
+The decisions (:func:`is_retryable`, :func:`backoff`, :func:`retry_delay`) never
+sleep, read a clock or draw a random number: callers pass ``elapsed`` and the
+random draw in, so every decision can be tested as a table. :class:`Retrier` is
+the loop; its clock, sleep and random source are injected.
 """
 
 from __future__ import annotations
 
-import email.utils
-import math
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import attrs
 
 from ._config import RetryPolicy
 from .errors import (
+    APIResponseError,
     APIStatusError,
     APITimeoutError,
     ConnectError,
@@ -18,42 +27,17 @@ from .errors import (
     DNSError,
     PhalaKMSError,
     TLSError,
+    TransportError,
 )
 
-__all__ = ["is_retryable", "parse_retry_after", "retry_delay"]
+__all__ = ["RETRYABLE_STATUSES", "Retrier", "backoff", "is_retryable", "retry_delay"]
+
+T = TypeVar("T")
+
+logger = logging.getLogger("phala_kms")
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 """Statuses retried on these idempotent GETs (409 is decided by its body)."""
-
-
-def parse_retry_after(value: str | None, *, now: float) -> float | None:
-    """Read a ``Retry-After`` header.
-
-    Args:
-        value: The header as sent: delay-seconds (``"120"``, also ``"1.5"``) or an
-            HTTP date (``"Wed, 21 Oct 2026 07:28:00 GMT"``), or ``None``.
-        now: The current Unix time in seconds, for the HTTP-date form.
-
-    Returns:
-        The wait in seconds (never negative: a date in the past gives 0.0), or
-        ``None`` when the header is absent or unreadable.
-    """
-    if not value:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive parse means "-0000"
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 def is_retryable(error: PhalaKMSError) -> bool:
@@ -119,3 +103,91 @@ def retry_delay(
     if policy.deadline is not None and elapsed + delay >= policy.deadline:
         return None
     return delay
+
+
+SleepFn = Callable[[float], Awaitable[None]]
+
+
+@attrs.define
+class Retrier:
+    """The one retry loop: runs attempts until one succeeds or :func:`retry_delay` gives up.
+
+    The clock, the sleep and the random draw are injected, so the loop can be driven
+    with zero waits and a frozen clock.
+
+    Attributes:
+        policy: The retry policy.
+        sleep: Awaits a wait in seconds (``asyncio.sleep``).
+        clock: Monotonic seconds (``time.monotonic``).
+        rand: A draw from [0, 1) for jitter (``random.random``).
+    """
+
+    policy: RetryPolicy
+    sleep: SleepFn = asyncio.sleep
+    clock: Callable[[], float] = time.monotonic
+    rand: Callable[[], float] = attrs.field(factory=lambda: random.Random().random)
+
+    async def run(
+        self,
+        attempt: Callable[[int, float], Awaitable[T]],
+        *,
+        timeout: float,
+        describe: str,
+        check: Callable[[], None] | None = None,
+    ) -> T:
+        """Call ``attempt(number, timeout)`` for numbers 1, 2, ... until one returns.
+
+        Args:
+            attempt: One try; ``number`` counts from 1 (errors it raises carry it as
+                ``attempts``), ``timeout`` is its limit in seconds: ``timeout``,
+                shortened to what remains of ``policy.deadline``.
+            timeout: The per-attempt limit in seconds.
+            describe: What is being tried, for the retry log line (e.g. ``"GET <url>"``).
+            check: Called before every attempt; raises to stop (e.g. a closed client).
+
+        Returns:
+            What the first successful attempt returned.
+
+        Raises:
+            TransportError, APIResponseError: The last attempt's error, when it is not
+                retryable or the policy gives up.
+        """
+        policy = self.policy
+        started = self.clock()
+        number = 1
+        while True:
+            if check is not None:
+                check()
+            limit = timeout
+            if policy.deadline is not None:
+                limit = max(0.001, min(timeout, policy.deadline - (self.clock() - started)))
+            try:
+                return await attempt(number, limit)
+            except (TransportError, APIResponseError) as err:
+                delay = retry_delay(
+                    err,
+                    retry_number=number,
+                    policy=policy,
+                    elapsed=self.clock() - started,
+                    rand=self.rand(),
+                )
+                if delay is None:
+                    raise
+                logger.info(
+                    "retrying %s in %.2f s (retry %d of %d) after %s",
+                    describe,
+                    delay,
+                    number,
+                    policy.max_retries,
+                    _short(err),
+                )
+            await self.sleep(delay)
+            number += 1
+
+
+def _short(err: PhalaKMSError) -> str:
+    status = getattr(err, "status", None)
+    if status:
+        code = getattr(err, "error_code", None)
+        return f"{type(err).__name__} {status}" + (f" {code}" if code else "")
+    return type(err).__name__

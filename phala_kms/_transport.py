@@ -1,33 +1,29 @@
-"""The one place that talks HTTP: an aiohttp session, the retry loop, and error mapping.
+"""The one place that talks HTTP: an aiohttp session, ``send()`` and exception mapping.
 
 Only this module imports aiohttp. It owns (or borrows) a ``ClientSession``, sends
-GETs with the API key and version headers, never follows redirects, turns every
-aiohttp failure into a :mod:`phala_kms.errors` exception, and retries per the
-:class:`~phala_kms._config.RetryPolicy`.
+one GET with the API key and version headers, never follows redirects, reads the
+body up to ``max_response_bytes`` (reading is where aiohttp's streaming lives), and
+turns every aiohttp failure into a :mod:`phala_kms.errors` exception. It hands back
+the raw ``(status, headers, body)``: decoding is :mod:`phala_kms._responses`',
+retrying :mod:`phala_kms._retry`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
-import random
 import socket
 import ssl
-import time
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
+import attrs
 from yarl import URL
 
 from ._config import ClientConfig
-from ._convert import DecodeError, structure
-from ._errors_parse import decode_body_text, make_redirect_error, make_status_error
-from ._retry import retry_delay
+from ._constants import HEADER_API_KEY, HEADER_REQUEST_ID, HEADER_VERSION
 from .errors import (
-    APIResponseError,
     APITimeoutError,
     ClientStateError,
     ConfigurationError,
@@ -41,12 +37,7 @@ from .errors import (
     TransportError,
 )
 
-__all__ = ["Transport"]
-
-T = TypeVar("T")
-
-logger = logging.getLogger("phala_kms")
-_sleep = asyncio.sleep  # the retry wait; tests replace it to record delays without waiting
+__all__ = ["RawResponse", "Transport"]
 
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientConnectorError,)
 _DNS_ERROR: type[BaseException] | None = getattr(aiohttp, "ClientConnectorDNSError", None)
@@ -79,17 +70,34 @@ class _RedactedStr(str):
 def _redact_request_info(exc: BaseException) -> None:
     """Drop the request headers (which hold the API key) from an aiohttp error we chain."""
     info = getattr(exc, "request_info", None)
-    if isinstance(info, aiohttp.RequestInfo) and "X-API-Key" in info.headers:
+    if isinstance(info, aiohttp.RequestInfo) and HEADER_API_KEY in info.headers:
         from multidict import CIMultiDict, CIMultiDictProxy
 
         headers = CIMultiDict(info.headers)
-        headers["X-API-Key"] = "<redacted>"
+        headers[HEADER_API_KEY] = "<redacted>"
         with contextlib.suppress(AttributeError):  # read-only in some aiohttp version
             exc.request_info = info._replace(headers=CIMultiDictProxy(headers))  # type: ignore[attr-defined]
 
 
+@attrs.frozen
+class RawResponse:
+    """A complete response: what :mod:`phala_kms._responses` decodes.
+
+    Attributes:
+        status: The HTTP status code.
+        headers: The response headers (case-insensitive).
+        body: The body, at most ``max_response_bytes`` (an error body is cut there).
+        url: The request URL.
+    """
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    url: str
+
+
 class Transport:
-    """Sends GET requests to the API and decodes their bodies into models.
+    """Sends GET requests to the API and hands back the raw responses.
 
     Args:
         config: The validated client settings.
@@ -111,14 +119,18 @@ class Transport:
             total=config.timeout, sock_connect=config.connect_timeout
         )
         self._headers_by_version: dict[str, dict[str, str]] = {}
-        self._random = random.Random()
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`aclose` has been called."""
         return self._closed
 
-    def _headers(self, version: str) -> dict[str, str]:
+    def headers(self, version: str) -> dict[str, str]:
+        """The request headers for ``X-Phala-Version: version`` (built once per version).
+
+        Raises:
+            ConfigurationError: No API key is configured.
+        """
         headers = self._headers_by_version.get(version)
         if headers is None:
             if self._config.api_key is None:
@@ -128,13 +140,22 @@ class Transport:
                     setting="api_key",
                 )
             headers = {
-                "X-API-Key": _RedactedStr(self._config.api_key),
-                "X-Phala-Version": version,
+                HEADER_API_KEY: _RedactedStr(self._config.api_key),
+                HEADER_VERSION: version,
                 "User-Agent": self._config.user_agent,
                 "Accept": "application/json",
             }
             self._headers_by_version[version] = headers
         return headers
+
+    def check_open(self) -> None:
+        """Raise if the client is closed.
+
+        Raises:
+            ClientStateError: :meth:`aclose` was called.
+        """
+        if self._closed:
+            raise ClientStateError("this client is closed; create a new one")
 
     def _bind_session(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -171,13 +192,16 @@ class Transport:
         if session is not None and self._owns_session:
             await session.close()
 
-    def _map_exception(self, exc: BaseException, *, url: str, timeout: float) -> PhalaKMSError:
+    def _map_exception(
+        self, exc: BaseException, *, url: str, timeout: float, attempts: int
+    ) -> PhalaKMSError:
         """Turn an aiohttp/asyncio failure into our transport error."""
         where: dict[str, Any] = {
             "method": "GET",
             "url": url,
             "host": self._host,
             "port": self._port,
+            "attempts": attempts,
         }
         target = f"{self._host}:{self._port}"
         if _CONNECT_TIMEOUT is not None and isinstance(exc, _CONNECT_TIMEOUT):
@@ -213,7 +237,7 @@ class Transport:
             )
         return TransportError(f"GET {url} failed: {type(exc).__name__}: {exc}", **where)
 
-    async def _read_body(self, resp: aiohttp.ClientResponse, url: str) -> bytes:
+    async def _read_body(self, resp: aiohttp.ClientResponse, url: str, attempts: int) -> bytes:
         """Read the body, at most ``max_response_bytes`` after decompression.
 
         An error status's body is cut at the limit (its status still decides the error);
@@ -244,19 +268,40 @@ class Transport:
             status=resp.status,
             method="GET",
             url=url,
-            request_id=resp.headers.get("X-Request-ID"),
+            request_id=resp.headers.get(HEADER_REQUEST_ID),
             body="",
+            attempts=attempts,
         )
 
-    async def _attempt(
+    async def send(
         self,
-        session: aiohttp.ClientSession,
-        url: str,
-        params: Mapping[str, str] | None,
+        path: str,
+        *,
         headers: Mapping[str, str],
+        params: Mapping[str, str] | None,
         timeout: float,
-        model: type[T],
-    ) -> T:
+        attempts: int = 1,
+    ) -> RawResponse:
+        """Send one GET to ``base_url + path`` and read the whole response.
+
+        Args:
+            path: The path below the base URL, already quoted, starting with ``/``.
+            headers: From :meth:`headers`.
+            params: Query parameters, already validated and stringified.
+            timeout: This attempt's limit, in seconds.
+            attempts: This attempt's number (from 1), carried by any error raised.
+
+        Returns:
+            The raw response, redirects and error statuses included.
+
+        Raises:
+            ClientStateError: The client is closed (also while the request was in
+                flight) or bound to another event loop.
+            TransportError: No usable response.
+            ResponseValidationError: A 2xx body over ``max_response_bytes``.
+        """
+        session = self._bind_session()
+        url = self._base + path
         request_timeout = (
             self._timeout
             if timeout == self._config.timeout
@@ -271,9 +316,8 @@ class Transport:
                 raise_for_status=False,  # even on a caller's session: statuses are ours to map
                 timeout=request_timeout,
             ) as resp:
-                status = resp.status
-                body = await self._read_body(resp, url)
-                resp_headers = resp.headers
+                body = await self._read_body(resp, url, attempts)
+                return RawResponse(resp.status, resp.headers, body, url)
         except PhalaKMSError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
@@ -282,116 +326,4 @@ class Transport:
                 raise ClientStateError(
                     f"the client was closed while GET {url} was in flight"
                 ) from exc
-            raise self._map_exception(exc, url=url, timeout=timeout) from exc
-        if 200 <= status < 300:
-            return self._decode(status, resp_headers, body, url, model)
-        if 300 <= status < 400:
-            raise make_redirect_error(
-                status=status, headers=resp_headers, body=body, method="GET", url=url
-            )
-        raise make_status_error(
-            status=status,
-            headers=resp_headers,
-            body=body,
-            method="GET",
-            url=url,
-            now=time.time(),
-        )
-
-    @staticmethod
-    def _decode(
-        status: int, headers: Mapping[str, str], body: bytes, url: str, model: type[T]
-    ) -> T:
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
-            raise ResponseValidationError(
-                f"{status}: response body is not JSON ({exc}) [GET {url}]",
-                status=status,
-                method="GET",
-                url=url,
-                request_id=headers.get("X-Request-ID"),
-                body=decode_body_text(body),
-                model=getattr(model, "__name__", str(model)),
-                problems=(f"not JSON: {exc}",),
-            ) from exc
-        try:
-            return structure(data, model)
-        except DecodeError as exc:
-            raise ResponseValidationError(
-                f"{status}: {exc} [GET {url}]",
-                status=status,
-                method="GET",
-                url=url,
-                request_id=headers.get("X-Request-ID"),
-                body=decode_body_text(body),
-                model=exc.model,
-                problems=exc.problems,
-            ) from exc
-
-    async def get(
-        self,
-        path: str,
-        model: type[T],
-        *,
-        version: str,
-        params: Mapping[str, str] | None = None,
-    ) -> T:
-        """GET ``base_url + path`` and decode the JSON body into ``model``, with retries.
-
-        Args:
-            path: The path below the base URL, already quoted, starting with ``/``.
-            model: The model to decode the body into.
-            version: The ``X-Phala-Version`` to send.
-            params: Query parameters, already validated and stringified.
-
-        Raises:
-            ConfigurationError: No API key is configured.
-            ClientStateError: The client is closed or bound to another event loop.
-            TransportError: No usable response (after retries where allowed).
-            APIResponseError: A redirect, an error status, or an undecodable body.
-        """
-        headers = self._headers(version)
-        session = self._bind_session()
-        url = self._base + path
-        policy = self._config.retry
-        started = time.monotonic()
-        retry_number = 0
-        while True:
-            if self._closed:  # aclose() ran during the retry wait
-                raise ClientStateError(f"the client was closed while GET {url} was retrying")
-            timeout = self._config.timeout
-            if policy.deadline is not None:
-                remaining = policy.deadline - (time.monotonic() - started)
-                timeout = max(0.001, min(timeout, remaining))
-            try:
-                return await self._attempt(session, url, params, headers, timeout, model)
-            except (TransportError, APIResponseError) as err:
-                err.attempts = retry_number + 1
-                retry_number += 1
-                delay = retry_delay(
-                    err,
-                    retry_number=retry_number,
-                    policy=policy,
-                    elapsed=time.monotonic() - started,
-                    rand=self._random.random(),
-                )
-                if delay is None:
-                    raise
-                logger.info(
-                    "retrying GET %s in %.2f s (retry %d of %d) after %s",
-                    url,
-                    delay,
-                    retry_number,
-                    policy.max_retries,
-                    _short(err),
-                )
-            await _sleep(delay)
-
-
-def _short(err: PhalaKMSError) -> str:
-    status = getattr(err, "status", None)
-    if status:
-        code = getattr(err, "error_code", None)
-        return f"{type(err).__name__} {status}" + (f" {code}" if code else "")
-    return type(err).__name__
+            raise self._map_exception(exc, url=url, timeout=timeout, attempts=attempts) from exc

@@ -65,8 +65,11 @@ from Crypto.Hash import keccak as _keccak
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ._validate import app_id_hex
+from ._constants import DEFAULT_MAX_AGE
+from ._hex import parse_hex
+from ._params import app_id_hex
 from .errors import InvalidArgumentError, SignatureVerificationError
+from .models import AppEnvEncryptPubKey, TrustedSigner
 
 __all__ = [
     "DEFAULT_FUTURE_SKEW",
@@ -83,11 +86,9 @@ __all__ = [
     "keccak256",
     "normalize_app_id",
     "recover_env_encrypt_pubkey_signer",
+    "verify_app_env_encrypt_pubkey",
     "verify_env_encrypt_public_key",
 ]
-
-DEFAULT_MAX_AGE: Final = 300.0
-"""Default oldest accepted age of a timestamped signature, in seconds (api-spec 4.2)."""
 
 DEFAULT_FUTURE_SKEW: Final = 60.0
 """Default tolerance for a timestamp ahead of the local clock, in seconds (api-spec 4.2)."""
@@ -122,6 +123,10 @@ class EnvVar:
     value: str = attrs.field(repr=_redact)
 
 
+SignerLike: TypeAlias = str | bytes | TrustedSigner
+"""What ``trusted_signer`` takes: a secp256k1 key or Ethereum address (bytes or hex),
+or a :class:`~phala_kms.models.TrustedSigner` (see ``AsyncKMSClient.get_trusted_signer``)."""
+
 EnvVarsLike: TypeAlias = Mapping[str, str] | Iterable[EnvVar | tuple[str, str]]
 """What :func:`encrypt_env_vars` takes: a mapping of name to value, or an iterable of
 :class:`EnvVar` (or ``(name, value)`` pairs, e.g. ``dstack_sdk``'s ``EnvVar``), in order."""
@@ -130,34 +135,8 @@ EnvVarsLike: TypeAlias = Mapping[str, str] | Iterable[EnvVar | tuple[str, str]]
 # --------------------------------------------------------------------------- parsing
 
 
-def _decode(value: object, size: int | None) -> bytes | None:
-    """Bytes-like or hex text (optional ``0x``/``0X``, either case) to bytes.
-
-    Returns ``None`` (never raises) when ``value`` is not of that shape or, when
-    ``size`` is given, does not decode to exactly ``size`` bytes. Whitespace and
-    any other non-hex character are rejected.
-    """
-    if isinstance(value, str):
-        text = value[2:] if value[:2] in ("0x", "0X") else value
-        if size is not None and len(text) != 2 * size:
-            return None
-        try:
-            raw = bytes.fromhex(text)
-        except ValueError:
-            return None
-        # bytes.fromhex skips whitespace; a strict parse must not.
-        return raw if 2 * len(raw) == len(text) else None
-    if isinstance(value, bytes):
-        raw = value
-    elif isinstance(value, (bytearray, memoryview)):
-        raw = bytes(value)
-    else:
-        return None
-    return raw if size is None or len(raw) == size else None
-
-
 def _decode_x25519_public_key(public_key: object) -> bytes:
-    raw = _decode(public_key, 32)
+    raw = parse_hex(public_key, 32)
     if raw is None:
         raise InvalidArgumentError(
             "public_key must be a 32-byte X25519 public key as bytes or hex "
@@ -180,7 +159,7 @@ def app_id_to_bytes(app_id: str | bytes) -> bytes:
     Raises:
         InvalidArgumentError: ``app_id`` is not of that shape (``argument="app_id"``).
     """
-    raw = _decode(app_id, 20)
+    raw = parse_hex(app_id, 20)
     if raw is None:
         raise InvalidArgumentError(
             "app_id must be 20 bytes: 40 hex digits with optional 0x, or raw bytes",
@@ -248,18 +227,25 @@ def env_encrypt_pubkey_message(
     key = _decode_x25519_public_key(public_key)
     app = app_id_to_bytes(app_id)
     if timestamp is None:
-        return _MESSAGE_PREFIX + app + key
+        return _signed_message(app, None, key)
     stamp = _u64_timestamp(timestamp)
     if stamp is None:
         raise InvalidArgumentError(
             "timestamp must be an int in 0..2**64-1 (Unix seconds)", argument="timestamp"
         )
-    return _MESSAGE_PREFIX + app + stamp + key
+    return _signed_message(app, stamp, key)
+
+
+def _signed_message(app_id: bytes, timestamp: bytes | None, public_key: bytes) -> bytes:
+    """The one place the signed message is laid out (api-spec 4.2)."""
+    if timestamp is None:
+        return _MESSAGE_PREFIX + app_id + public_key
+    return _MESSAGE_PREFIX + app_id + timestamp + public_key
 
 
 def _secp256k1_public_key(value: object) -> PublicKey | None:
     """Parse a SEC1 compressed (33 B), uncompressed (65 B) or bare x||y (64 B) key."""
-    raw = _decode(value, None)
+    raw = parse_hex(value, None)
     if raw is None:
         return None
     size = len(raw)
@@ -298,8 +284,8 @@ def ethereum_address(public_key: str | bytes) -> str:
 # --------------------------------------------------------------------------- encryption
 
 
-def _invalid_env(message: str, **attrs_: object) -> InvalidArgumentError:
-    return InvalidArgumentError(message, argument="env_vars", **attrs_)
+def _invalid_env(message: str, key: str | None = None) -> InvalidArgumentError:
+    return InvalidArgumentError(message, argument="env_vars", key=key)
 
 
 def _show_name(name: str) -> str:
@@ -458,26 +444,25 @@ def _malformed(argument: str, message: str) -> SignatureVerificationError:
 def _recover_signer(
     public_key: object, signature: object, app_id: object, timestamp: object
 ) -> PublicKey:
-    key = _decode(public_key, 32)
+    key = parse_hex(public_key, 32)
     if key is None:
         raise _malformed(
             "public_key", "public_key must be 32 bytes (64 hex digits, optional 0x) or bytes"
         )
-    app = _decode(app_id, 20)
+    app = parse_hex(app_id, 20)
     if app is None:
         raise _malformed("app_id", "app_id must be 20 bytes (40 hex digits, optional 0x) or bytes")
-    sig = _decode(signature, 65)
+    sig = parse_hex(signature, 65)
     if sig is None:
         raise _malformed(
             "signature", "signature must be 65 bytes r||s||v (130 hex digits, optional 0x)"
         )
-    if timestamp is None:
-        message = _MESSAGE_PREFIX + app + key
-    else:
+    stamp = None
+    if timestamp is not None:
         stamp = _u64_timestamp(timestamp)
         if stamp is None:
             raise _malformed("timestamp", "timestamp must be an int in 0..2**64-1 (Unix seconds)")
-        message = _MESSAGE_PREFIX + app + stamp + key
+    message = _signed_message(app, stamp, key)
     v = sig[64]
     if v == 27 or v == 28:
         sig = sig[:64] + bytes((v - 27,))
@@ -543,20 +528,21 @@ def recover_env_encrypt_pubkey_signer(
 def _parse_trusted_signer(trusted_signer: str | bytes) -> tuple[bool, bytes] | None:
     """``(is_address, bytes to compare)``, or ``None`` if unusable. Cached: callers
     verify many keys against the same few signers."""
-    raw = _decode(trusted_signer, None)
+    raw = parse_hex(trusted_signer, None)
     if raw is not None and len(raw) == 20:
         return (True, raw)
     key = _secp256k1_public_key(trusted_signer)
     return None if key is None else (False, key.format(compressed=True))
 
 
-def check_trusted_signer(trusted_signer: str | bytes) -> tuple[bool, bytes]:
+def check_trusted_signer(trusted_signer: SignerLike) -> tuple[bool, bytes]:
     """Parse a trusted signer once, before any key is fetched or verified.
 
     Args:
         trusted_signer: A secp256k1 public key (33-byte compressed, 65-byte
             uncompressed or 64-byte ``x || y``) or a 20-byte Ethereum address, as bytes
-            or hex (``0x`` optional, either case).
+            or hex (``0x`` optional, either case), or a
+            :class:`~phala_kms.models.TrustedSigner`.
 
     Returns:
         ``(is_address, bytes_to_compare)``: the address, or the compressed key.
@@ -566,6 +552,8 @@ def check_trusted_signer(trusted_signer: str | bytes) -> tuple[bool, bytes]:
             unparsable (without a trusted signer a signature proves nothing).
     """
     signer_arg: object = trusted_signer  # checked at run time, whatever the annotation
+    if isinstance(signer_arg, TrustedSigner):
+        signer_arg = signer_arg.k256_pubkey
     trusted = None
     if isinstance(signer_arg, (str, bytes)):
         trusted = _parse_trusted_signer(signer_arg)
@@ -590,7 +578,7 @@ def verify_env_encrypt_public_key(
     signature: str | bytes,
     app_id: str | bytes,
     *,
-    trusted_signer: str | bytes,
+    trusted_signer: SignerLike,
     timestamp: int | None = None,
     max_age: float = DEFAULT_MAX_AGE,
     future_skew: float = DEFAULT_FUTURE_SKEW,
@@ -681,4 +669,43 @@ def verify_env_encrypt_public_key(
             f"public key was signed by {signer}, not by the trusted signer 0x{expected.hex()}",
             reason="signer_mismatch",
             signer=signer,
+        )
+
+
+def verify_app_env_encrypt_pubkey(
+    key: AppEnvEncryptPubKey,
+    app_id: str | bytes,
+    *,
+    trusted_signer: SignerLike,
+    max_age: float = DEFAULT_MAX_AGE,
+    now: float | None = None,
+) -> None:
+    """Verify a key as fetched from ``GET /kms/{kms}/pubkey/{app_id}`` (api-spec 4.2).
+
+    The timestamped ``signature_v1`` is checked (with freshness, ``max_age``) when the
+    response carries it with its ``timestamp``; otherwise the legacy ``signature``.
+
+    Args:
+        key: The fetched key.
+        app_id: The app id it was fetched for (40 hex digits, optional ``0x``, or 20 bytes).
+        trusted_signer: As in :func:`verify_env_encrypt_public_key`.
+        max_age: The oldest accepted timestamped signature, in seconds.
+        now: The current Unix time in seconds; defaults to ``time.time()``.
+
+    Raises:
+        SignatureVerificationError: As :func:`verify_env_encrypt_public_key`.
+    """
+    if key.signature_v1 is not None and key.timestamp is not None:
+        verify_env_encrypt_public_key(
+            key.public_key,
+            key.signature_v1,
+            app_id,
+            trusted_signer=trusted_signer,
+            timestamp=key.timestamp,
+            max_age=max_age,
+            now=now,
+        )
+    else:
+        verify_env_encrypt_public_key(
+            key.public_key, key.signature, app_id, trusted_signer=trusted_signer
         )

@@ -31,6 +31,7 @@ __all__ = [
     "OnChainKMSContract",
     "OnChainOSImage",
     "Paginated",
+    "TrustedSigner",
 ]
 
 T = TypeVar("T")
@@ -134,8 +135,9 @@ class Paginated(Generic[T]):
 
     @property
     def has_next(self) -> bool:
-        """Whether a page after this one exists."""
-        return self.page < self.pages
+        """Whether a page after this one exists: this page is not empty and is not the
+        last of ``pages``. The one "is there another page" rule; the iterators use it."""
+        return bool(self.items) and self.page < self.pages
 
 
 @attrs.frozen(kw_only=True)
@@ -350,3 +352,21 @@ class KMSContractNodes:
     items: tuple[KMSContractNode, ...]
     total: int
     extra: Mapping[str, Any] = _extra()
+
+
+@attrs.frozen(kw_only=True)
+class TrustedSigner:
+    """A KMS root secp256k1 public key to verify app keys against, and where it came from.
+
+    Made by :meth:`phala_kms.AsyncKMSClient.get_trusted_signer`; accepted wherever a
+    ``trusted_signer`` is.
+
+    Attributes:
+        k256_pubkey: The root key as the source reported it: hex (``0x`` optional) of a
+            SEC1 compressed (33 bytes) or uncompressed (65 bytes) secp256k1 key.
+        sources: One line per source that reported it, e.g.
+            ``("api: GET /kms/phala (contract view) k256_pubkey",)``.
+    """
+
+    k256_pubkey: str
+    sources: tuple[str, ...]

@@ -33,6 +33,13 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from ._constants import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+)
 from ._pagination import walk_pages
 from .client import AsyncKMSClient
 from .errors import ClientStateError
@@ -140,11 +147,37 @@ class _LoopThread:
             thread.join(_SHUTDOWN_TIMEOUT)
 
 
+BLOCKING_REWRITES: tuple[tuple[str, str], ...] = (
+    (
+        "ClientStateError: The client is closed or used from another event loop.",
+        "ClientStateError: The client is closed, or the call came from its own loop thread.",
+    ),
+    (
+        "finishes, successfully or not, on the event loop;",
+        "finishes, successfully or not, on the client's loop thread (do not call the"
+        " client from the callback);",
+    ),
+    ("Yield every", "Iterate over every"),
+    ("Yields:", "Returns:\n            An iterator of"),
+)
+"""How an ``AsyncKMSClient`` docstring is rewritten for its blocking twin: every
+phrase that only holds for async callers (``await``, the event loop) is replaced."""
+
+
+def blocking_doc(doc: str | None) -> str | None:
+    """The docstring of an ``AsyncKMSClient`` method, rewritten for blocking callers."""
+    if doc is None:
+        return None
+    for async_text, blocking_text in BLOCKING_REWRITES:
+        doc = doc.replace(async_text, blocking_text)
+    return doc
+
+
 def _blocking(
     method: Callable[Concatenate[AsyncKMSClient, P], Coroutine[Any, Any, R]],
 ) -> Callable[Concatenate[KMSClient, P], R]:
-    """Make the blocking twin of an ``AsyncKMSClient`` coroutine method (same name,
-    signature and docstring)."""
+    """Make the blocking twin of an ``AsyncKMSClient`` coroutine method (same name and
+    signature; the docstring rewritten by :func:`blocking_doc`)."""
 
     @functools.wraps(method)
     def call(self: KMSClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -155,6 +188,7 @@ def _blocking(
             raise TypeError(str(exc).replace("AsyncKMSClient.", "KMSClient.", 1)) from None
         return self._run(loop, coro)
 
+    call.__doc__ = blocking_doc(method.__doc__)
     return call
 
 
@@ -176,6 +210,7 @@ class KMSClient:
         max_connections: The connection pool size (default 100).
         ssl_context: An ``ssl.SSLContext`` to trust a private CA (default: the system's).
         trust_env: Honour ``HTTP(S)_PROXY``/``NO_PROXY`` and ``~/.netrc`` (default off).
+        max_response_bytes: The largest response body read, in bytes (default 16 MiB).
 
     Raises:
         ConfigurationError: A setting is unusable (raised here, at construction).
@@ -187,13 +222,14 @@ class KMSClient:
         base_url: str | None = None,
         *,
         api_version: str | None = None,
-        timeout: float = 60.0,
-        max_retries: int = 3,
-        connect_timeout: float = 10.0,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         retry_policy: RetryPolicy | None = None,
-        max_connections: int = 100,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         ssl_context: ssl.SSLContext | None = None,
         trust_env: bool = False,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         make_client = functools.partial(
             AsyncKMSClient,
@@ -207,6 +243,7 @@ class KMSClient:
             max_connections=max_connections,
             ssl_context=ssl_context,
             trust_env=trust_env,
+            max_response_bytes=max_response_bytes,
         )
         self._loop = _LoopThread(make_client)
         assert self._loop._client is not None
@@ -303,8 +340,12 @@ class KMSClient:
     get_verified_app_env_encrypt_pubkey = _blocking(
         AsyncKMSClient.get_verified_app_env_encrypt_pubkey
     )
+    get_trusted_signer = _blocking(AsyncKMSClient.get_trusted_signer)
     encrypt_env_vars_for_app = _blocking(AsyncKMSClient.encrypt_env_vars_for_app)
     get_app_env_encrypt_pubkeys = _blocking(AsyncKMSClient.get_app_env_encrypt_pubkeys)
+    get_verified_app_env_encrypt_pubkeys = _blocking(
+        AsyncKMSClient.get_verified_app_env_encrypt_pubkeys
+    )
 
     def iter_kms_list(
         self,
@@ -330,5 +371,5 @@ class KMSClient:
             )
         )
 
-    iter_kms_list.__doc__ = AsyncKMSClient.iter_kms_list.__doc__
-    iter_kms_contracts.__doc__ = AsyncKMSClient.iter_kms_contracts.__doc__
+    iter_kms_list.__doc__ = blocking_doc(AsyncKMSClient.iter_kms_list.__doc__)
+    iter_kms_contracts.__doc__ = blocking_doc(AsyncKMSClient.iter_kms_contracts.__doc__)

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from ._hex import canonical_hex
 from .errors import InvalidArgumentError
 
-__all__ = ["app_id_hex", "bool_param", "int_param", "kms_segment", "path_segment"]
+__all__ = [
+    "app_id_hex",
+    "bool_param",
+    "int_param",
+    "kms_segment",
+    "page_params",
+    "path_segment",
+]
 
 _UNSAFE_IN_SEGMENT = frozenset("/\\%?#")
 
 MAX_SEGMENT_CHARS = 256
 """The longest id, slug or chain name accepted, in characters."""
-
-_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 def app_id_hex(app_id: object, argument: str = "app_id") -> str:
@@ -36,15 +42,15 @@ def app_id_hex(app_id: object, argument: str = "app_id") -> str:
             f"{argument} must be a str of 40 hex characters, got {type(app_id).__name__}",
             argument=argument,
         )
-    text = app_id[2:] if app_id[:2] in ("0x", "0X") else app_id
-    if len(text) != 40 or not _HEX_DIGITS.issuperset(text):
+    text = canonical_hex(app_id, 20)
+    if text is None:
         shown = app_id if len(app_id) <= 80 else app_id[:77] + "..."
         raise InvalidArgumentError(
             f"{argument} must be 40 hex characters (20 bytes), optionally prefixed with 0x;"
             f" got {shown!r}",
             argument=argument,
         )
-    return text.lower()
+    return text
 
 
 def path_segment(value: object, argument: str) -> str:
@@ -140,3 +146,20 @@ def bool_param(value: object, argument: str) -> str | None:
             argument=argument,
         )
     return "true" if value else "false"
+
+
+def page_params(page: int, page_size: int, is_onchain: bool | None) -> dict[str, str]:
+    """Check the paging arguments of ``GET /kms`` and return its query.
+
+    Raises:
+        InvalidArgumentError: ``page`` < 1, ``page_size`` outside 1..100, or a
+            non-bool ``is_onchain``.
+    """
+    params = {
+        "page": int_param(page, "page", 1),
+        "page_size": int_param(page_size, "page_size", 1, 100),
+    }
+    onchain = bool_param(is_onchain, "is_onchain")
+    if onchain is not None:
+        params["is_onchain"] = onchain
+    return params

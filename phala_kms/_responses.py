@@ -1,19 +1,25 @@
-"""Pure functions that turn an error response (status, headers, body) into our exception.
+"""Pure functions that turn a response (status, headers, body) into a model or our exception.
 
 No I/O and no aiohttp types: the transport hands over plain values, so every body
-form of the API can be tested directly.
+form of the API can be tested directly. A 2xx body becomes a model (or a
+:class:`~phala_kms.errors.ResponseValidationError`), a 3xx a
+:class:`~phala_kms.errors.RedirectError`, a 4xx/5xx its
+:class:`~phala_kms.errors.APIStatusError` subclass with ``Retry-After`` read.
 """
 
 from __future__ import annotations
 
+import email.utils
 import html
 import json
+import math
 import re
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
-from ._retry import parse_retry_after
+from ._constants import HEADER_REQUEST_ID
+from ._convert import DecodeError, structure
 from .errors import (
     APIStatusError,
     AuthenticationError,
@@ -23,12 +29,22 @@ from .errors import (
     PermissionDeniedError,
     RateLimitError,
     RedirectError,
+    ResponseValidationError,
     ServerError,
     UnprocessableEntityError,
     ValidationErrorItem,
 )
 
-__all__ = ["MAX_ERROR_BODY_CHARS", "decode_body_text", "make_redirect_error", "make_status_error"]
+__all__ = [
+    "MAX_ERROR_BODY_CHARS",
+    "decode_body_text",
+    "decode_response",
+    "make_redirect_error",
+    "make_status_error",
+    "parse_retry_after",
+]
+
+T = TypeVar("T")
 
 MAX_ERROR_BODY_CHARS = 64 * 1024
 """Error bodies are kept on exceptions up to this many characters."""
@@ -53,6 +69,36 @@ a hostile body must not make the parse slow)."""
 def decode_body_text(body: bytes) -> str:
     """The body as text for an exception: UTF-8 with replacement, at most 64 KiB of characters."""
     return body[: MAX_ERROR_BODY_CHARS * 4].decode("utf-8", "replace")[:MAX_ERROR_BODY_CHARS]
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Read a ``Retry-After`` header.
+
+    Args:
+        value: The header as sent: delay-seconds (``"120"``, also ``"1.5"``) or an
+            HTTP date (``"Wed, 21 Oct 2026 07:28:00 GMT"``), or ``None``.
+        now: The current Unix time in seconds, for the HTTP-date form.
+
+    Returns:
+        The wait in seconds (never negative: a date in the past gives 0.0), or
+        ``None`` when the header is absent or unreadable.
+    """
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive parse means "-0000"
+        return None
+    return max(0.0, when.timestamp() - now)
 
 
 def _reason(status: int) -> str:
@@ -185,7 +231,7 @@ def make_status_error(
     elif data is not None and message is None:
         message = _text_message(text)
 
-    request_id = request_id or headers.get("X-Request-ID") or None
+    request_id = request_id or headers.get(HEADER_REQUEST_ID) or None
     retry_after = parse_retry_after(headers.get("Retry-After"), now=now)
     reason = _reason(status)
     summary = f"{status} {reason}: {message}" if message else f"{status} {reason}"
@@ -222,7 +268,13 @@ def make_status_error(
 
 
 def make_redirect_error(
-    *, status: int, headers: Mapping[str, str], body: bytes, method: str, url: str
+    *,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    method: str,
+    url: str,
+    attempts: int = 1,
 ) -> RedirectError:
     """Build the exception for a 3xx response, which is never followed."""
     location = headers.get("Location")
@@ -233,7 +285,83 @@ def make_redirect_error(
         status=status,
         method=method,
         url=url,
-        request_id=headers.get("X-Request-ID") or None,
+        request_id=headers.get(HEADER_REQUEST_ID) or None,
         body=decode_body_text(body),
         location=location,
+        attempts=attempts,
     )
+
+
+def decode_response(
+    *,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    method: str,
+    url: str,
+    now: float,
+    model: type[T],
+    attempts: int = 1,
+) -> T:
+    """Turn a complete response into ``model`` or the exception it stands for.
+
+    Args:
+        status: The HTTP status code.
+        headers: The response headers (case-insensitive mapping).
+        body: The raw response body (already size-limited by the transport).
+        method: The request method.
+        url: The request URL.
+        now: The current Unix time in seconds (for an HTTP-date ``Retry-After``).
+        model: The model a 2xx JSON body is decoded into.
+        attempts: How many attempts were made, this one included.
+
+    Returns:
+        The decoded model.
+
+    Raises:
+        ResponseValidationError: A 2xx body that is not JSON or does not fit ``model``.
+        RedirectError: A 3xx.
+        APIStatusError: A 4xx or 5xx (its subclass for the status).
+    """
+    if 300 <= status < 400:
+        raise make_redirect_error(
+            status=status, headers=headers, body=body, method=method, url=url, attempts=attempts
+        )
+    if not 200 <= status < 300:
+        raise make_status_error(
+            status=status,
+            headers=headers,
+            body=body,
+            method=method,
+            url=url,
+            now=now,
+            attempts=attempts,
+        )
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
+        raise ResponseValidationError(
+            f"{status}: response body is not JSON ({exc}) [{method} {url}]",
+            status=status,
+            method=method,
+            url=url,
+            request_id=headers.get(HEADER_REQUEST_ID),
+            body=decode_body_text(body),
+            model=getattr(model, "__name__", str(model)),
+            problems=(f"not JSON: {exc}",),
+            attempts=attempts,
+        ) from exc
+    try:
+        return structure(data, model)
+    except DecodeError as exc:
+        raise ResponseValidationError(
+            f"{status}: {exc} [{method} {url}]",
+            status=status,
+            method=method,
+            url=url,
+            request_id=headers.get(HEADER_REQUEST_ID),
+            body=decode_body_text(body),
+            model=exc.model,
+            problems=exc.problems,
+            attempts=attempts,
+        ) from exc
