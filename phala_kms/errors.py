@@ -39,8 +39,13 @@ private key.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypedDict
+
+import attrs
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "APIResponseError",
@@ -74,14 +79,14 @@ __all__ = [
 class PhalaKMSError(Exception):
     """Root of every exception raised by phala-kms.
 
-    Attributes are set from keyword arguments, so every subclass can be rebuilt
-    from ``(message,)`` plus its ``__dict__``: that is what makes them pickle and
-    cross thread and process boundaries unchanged.
+    Each class takes its attributes as typed keyword-only arguments and keeps them
+    as plain instance attributes. Pickling (and ``copy``) rebuilds an error from its
+    ``args`` plus its ``__dict__`` without calling ``__init__``, so every subclass
+    crosses thread and process boundaries unchanged.
     """
 
-    def __init__(self, message: str, **attrs: Any) -> None:
+    def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.__dict__.update(attrs)
 
     @property
     def message(self) -> str:
@@ -114,7 +119,9 @@ class ConfigurationError(PhalaKMSError, ValueError):
         setting: The setting at fault, e.g. ``"api_key"`` or ``"base_url"``, or ``None``.
     """
 
-    setting: str | None = None
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class InvalidArgumentError(PhalaKMSError, ValueError):
@@ -125,8 +132,12 @@ class InvalidArgumentError(PhalaKMSError, ValueError):
         key: For a rejected environment variable, its name (never its value).
     """
 
-    argument: str | None = None
-    key: str | None = None
+    def __init__(
+        self, message: str, *, argument: str | None = None, key: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.argument = argument
+        self.key = key
 
 
 class ClientStateError(PhalaKMSError, RuntimeError):
@@ -154,10 +165,20 @@ class SignatureVerificationError(PhalaKMSError):
         age: For timestamp failures, the signature's age in seconds (negative: future).
     """
 
-    reason: str = "invalid"
-    argument: str | None = None
-    signer: str | None = None
-    age: float | None = None
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "invalid",
+        argument: str | None = None,
+        signer: str | None = None,
+        age: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.argument = argument
+        self.signer = signer
+        self.age = age
 
 
 # --------------------------------------------------------------------------- transport
@@ -174,11 +195,32 @@ class TransportError(PhalaKMSError):
         attempts: How many attempts were made before giving up.
     """
 
-    method: str | None = None
-    url: str | None = None
-    host: str | None = None
-    port: int | None = None
-    attempts: int = 1
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str | None = None,
+        url: str | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.method = method
+        self.url = url
+        self.host = host
+        self.port = port
+        self.attempts = attempts
+
+
+class _TransportFields(TypedDict, total=False):
+    """:class:`TransportError`'s keyword arguments, for subclasses that pass them on."""
+
+    method: str | None
+    url: str | None
+    host: str | None
+    port: int | None
+    attempts: int
 
 
 class ConnectError(TransportError):
@@ -208,7 +250,11 @@ class APITimeoutError(TransportError, TimeoutError):
         timeout: The limit that was exceeded, in seconds.
     """
 
-    timeout: float | None = None
+    def __init__(
+        self, message: str, *, timeout: float | None = None, **kwargs: Unpack[_TransportFields]
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.timeout = timeout
 
 
 # --------------------------------------------------------------------------- responses
@@ -228,12 +274,35 @@ class APIResponseError(PhalaKMSError):
         attempts: How many attempts were made, including the one that gave this response.
     """
 
-    status: int = 0
-    method: str | None = None
-    url: str | None = None
-    request_id: str | None = None
-    body: str = ""
-    attempts: int = 1
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        method: str | None = None,
+        url: str | None = None,
+        request_id: str | None = None,
+        body: str = "",
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.method = method
+        self.url = url
+        self.request_id = request_id
+        self.body = body
+        self.attempts = attempts
+
+
+class _ResponseFields(TypedDict, total=False):
+    """:class:`APIResponseError`'s keyword arguments, for subclasses that pass them on."""
+
+    status: int
+    method: str | None
+    url: str | None
+    request_id: str | None
+    body: str
+    attempts: int
 
 
 class RedirectError(APIResponseError):
@@ -245,7 +314,11 @@ class RedirectError(APIResponseError):
         location: The ``Location`` header, or ``None``.
     """
 
-    location: str | None = None
+    def __init__(
+        self, message: str, *, location: str | None = None, **kwargs: Unpack[_ResponseFields]
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.location = location
 
 
 class ResponseValidationError(APIResponseError):
@@ -257,12 +330,28 @@ class ResponseValidationError(APIResponseError):
             ``"expected a string, got integer @ $.items[0].url"``.
     """
 
-    model: str | None = None
-    problems: tuple[str, ...] = ()
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str | None = None,
+        problems: tuple[str, ...] = (),
+        **kwargs: Unpack[_ResponseFields],
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.model = model
+        self.problems = problems
 
 
+def _to_loc(loc: Iterable[str | int]) -> tuple[str | int, ...]:
+    return tuple(loc)
+
+
+@attrs.frozen
 class ValidationErrorItem:
     """One entry of a FastAPI 422 ``detail`` list.
+
+    Compared by value; not hashable (``input`` and ``ctx`` may hold dicts and lists).
 
     Attributes:
         loc: Where the problem is, e.g. ``("query", "page_size")``.
@@ -272,40 +361,13 @@ class ValidationErrorItem:
         ctx: The validator's context, e.g. ``{"le": 100}``, or ``None``.
     """
 
-    __slots__ = ("ctx", "input", "loc", "msg", "type")
-
-    def __init__(
-        self,
-        loc: Sequence[str | int],
-        msg: str,
-        type: str,
-        input: Any = None,
-        ctx: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.loc = tuple(loc)
-        self.msg = msg
-        self.type = type
-        self.input = input
-        self.ctx = ctx
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ValidationErrorItem):
-            return NotImplemented
-        return (self.loc, self.msg, self.type, self.input, self.ctx) == (
-            other.loc,
-            other.msg,
-            other.type,
-            other.input,
-            other.ctx,
-        )
+    loc: tuple[str | int, ...] = attrs.field(converter=_to_loc)
+    msg: str
+    type: str
+    input: Any = attrs.field(default=None, repr=False)
+    ctx: Mapping[str, Any] | None = attrs.field(default=None, repr=False)
 
     __hash__ = None  # type: ignore[assignment]
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (ValidationErrorItem, (self.loc, self.msg, self.type, self.input, self.ctx))
-
-    def __repr__(self) -> str:
-        return f"ValidationErrorItem(loc={self.loc!r}, msg={self.msg!r}, type={self.type!r})"
 
 
 class APIStatusError(APIResponseError):
@@ -330,12 +392,36 @@ class APIStatusError(APIResponseError):
         retry_after: The wait the server asked for, in seconds, from ``Retry-After``, or ``None``.
     """
 
-    server_message: str | None = None
-    error_code: str | None = None
-    details: tuple[Any, ...] = ()
-    suggestions: tuple[str, ...] = ()
-    links: tuple[Mapping[str, Any], ...] = ()
-    retry_after: float | None = None
+    def __init__(
+        self,
+        message: str,
+        *,
+        server_message: str | None = None,
+        error_code: str | None = None,
+        details: tuple[Any, ...] = (),
+        suggestions: tuple[str, ...] = (),
+        links: tuple[Mapping[str, Any], ...] = (),
+        retry_after: float | None = None,
+        **kwargs: Unpack[_ResponseFields],
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.server_message = server_message
+        self.error_code = error_code
+        self.details = details
+        self.suggestions = suggestions
+        self.links = links
+        self.retry_after = retry_after
+
+
+class _StatusFields(_ResponseFields, total=False):
+    """:class:`APIStatusError`'s keyword arguments, for subclasses that pass them on."""
+
+    server_message: str | None
+    error_code: str | None
+    details: tuple[Any, ...]
+    suggestions: tuple[str, ...]
+    links: tuple[Mapping[str, Any], ...]
+    retry_after: float | None
 
 
 class BadRequestError(APIStatusError):
@@ -365,7 +451,15 @@ class UnprocessableEntityError(APIStatusError):
         validation_errors: The parsed FastAPI ``detail`` list.
     """
 
-    validation_errors: tuple[ValidationErrorItem, ...] = ()
+    def __init__(
+        self,
+        message: str,
+        *,
+        validation_errors: tuple[ValidationErrorItem, ...] = (),
+        **kwargs: Unpack[_StatusFields],
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.validation_errors = validation_errors
 
 
 class RateLimitError(APIStatusError):
