@@ -7,14 +7,14 @@ first use of a name that needs them.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["lazy_attributes"]
 
 
 def lazy_attributes(
-    package: str, namespace: dict[str, Any], names: Mapping[str, str]
+    package: str, namespace: dict[str, Any], names: Mapping[str, str], public: Sequence[str]
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """Build a package's ``__getattr__`` and ``__dir__``.
 
@@ -22,6 +22,8 @@ def lazy_attributes(
         package: The package's ``__name__``.
         namespace: The package's ``globals()``; a loaded name is cached there.
         names: Attribute name -> the submodule (relative, without the dot) defining it.
+        public: The package's ``__all__``: what ``dir()`` lists (the lazy names and the
+            eagerly imported public ones, not helpers such as ``TYPE_CHECKING``).
 
     Returns:
         ``(__getattr__, __dir__)`` for the package's module namespace.
@@ -36,6 +38,6 @@ def lazy_attributes(
         return value
 
     def __dir__() -> list[str]:
-        return sorted(set(namespace) | set(names))
+        return sorted(public)
 
     return __getattr__, __dir__

@@ -33,6 +33,11 @@ Checking a key the fake handed out::
     env = decrypt_env_vars(ciphertext, private)
     server.k256_pubkey                                  # the Phala KMS signer to trust
 
+Predicted app ids (``GET /kms/phala/next_app_id``) stay the same until a test says an
+app was deployed::
+
+    app_id = server.deploy_app()   # the first predicted id; predictions move on by one
+
 With pytest, the plugin (installed with phala-kms) provides the fixtures
 ``fake_kms_server`` (async) and ``fake_kms_server_thread`` (sync); mark a test with
 ``@pytest.mark.fake_kms_options(...)`` to pass :class:`FakeKMSServer` arguments. From a
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .._constants import API_VERSIONS, CONTRACT_API_VERSION, NODE_API_VERSION
 from .._lazy import lazy_attributes
 
 if TYPE_CHECKING:
@@ -52,7 +58,6 @@ if TYPE_CHECKING:
         Fault,
         GatewayHTMLFault,
         HugeBodyFault,
-        Injection,
         LatencyFault,
         NonJSONFault,
         RedirectFault,
@@ -62,61 +67,12 @@ if TYPE_CHECKING:
         TruncatedJSONFault,
         WrongShapeFault,
     )
-    from ._server import (
-        API_VERSIONS,
-        CONTRACT_API_VERSION,
-        DEFAULT_API_KEY,
-        NODE_API_VERSION,
-        REDACTED,
-        ROUTE_NAMES,
-        FakeKMSServer,
-        RecordedRequest,
-        ThreadedFakeKMSServer,
-        run_fake_server,
-    )
-
-# Loaded on first use, so that the pytest plugin (imported by every pytest run where
-# phala-kms is installed) costs nothing in suites that never touch the fake.
-_LAZY = {
-    "decrypt_env_vars": "_decrypt",
-    **dict.fromkeys(
-        [
-            "DropConnectionFault",
-            "Fault",
-            "GatewayHTMLFault",
-            "HugeBodyFault",
-            "Injection",
-            "LatencyFault",
-            "NonJSONFault",
-            "RedirectFault",
-            "ResetMidBodyFault",
-            "RetryAfter",
-            "StatusFault",
-            "TruncatedJSONFault",
-            "WrongShapeFault",
-        ],
-        "_faults",
-    ),
-    **dict.fromkeys(
-        [
-            "API_VERSIONS",
-            "CONTRACT_API_VERSION",
-            "DEFAULT_API_KEY",
-            "NODE_API_VERSION",
-            "REDACTED",
-            "ROUTE_NAMES",
-            "FakeKMSServer",
-            "RecordedRequest",
-            "ThreadedFakeKMSServer",
-            "run_fake_server",
-        ],
-        "_server",
-    ),
-}
-
-
-__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
-
+    from ._injections import Injection
+    from ._requests import REDACTED, RecordedRequest
+    from ._retries import instant_retries
+    from ._routes import ROUTE_NAMES
+    from ._server import DEFAULT_API_KEY, FakeKMSServer, ThreadedFakeKMSServer
+    from ._shell import run_fake_server
 
 __all__ = [
     "API_VERSIONS",
@@ -142,5 +98,25 @@ __all__ = [
     "TruncatedJSONFault",
     "WrongShapeFault",
     "decrypt_env_vars",
+    "instant_retries",
     "run_fake_server",
 ]
+
+# The rest loads on first use, so that the pytest plugin (imported by every pytest run
+# where phala-kms is installed) costs nothing in suites that never touch the fake.
+# Every name of __all__ that is neither imported above nor listed here is a fault type.
+_MODULES = {
+    "decrypt_env_vars": "_decrypt",
+    "Injection": "_injections",
+    "REDACTED": "_requests",
+    "RecordedRequest": "_requests",
+    "instant_retries": "_retries",
+    "ROUTE_NAMES": "_routes",
+    "DEFAULT_API_KEY": "_server",
+    "FakeKMSServer": "_server",
+    "ThreadedFakeKMSServer": "_server",
+    "run_fake_server": "_shell",
+}
+_LAZY = {name: _MODULES.get(name, "_faults") for name in __all__ if name not in globals()}
+
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY, __all__)

@@ -24,7 +24,11 @@ from coincurve import PrivateKey
 from Crypto.Hash import keccak
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from .._hex import parse_hex
+
 __all__ = [
+    "CHAIN_NAMES",
+    "JSON_CONTENT_TYPE",
     "AppKey",
     "Catalogue",
     "Contract",
@@ -41,15 +45,19 @@ __all__ = [
 SIGNATURE_PREFIX = b"dstack-env-encrypt-pubkey:"
 """What every signed env-encryption public key message starts with (prefix and ``:``)."""
 
+CHAIN_NAMES = {8453: "base", 1: "ethereum"}
+"""The chains with on-chain KMS contracts: chain id -> the name ``/kms/on-chain/{chain}`` takes."""
+
+JSON_CONTENT_TYPE = "application/json"
+"""The ``Content-Type`` of every JSON response the fake sends."""
+
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_HEX = frozenset("0123456789abcdefABCDEF")
 
 # Quirk-laden, fixture-like values. Addresses and hashes are made up.
 _BASE_ADDRESS = "0x2f83172A49584C017F2B256F0FB2Dca14126Ba9C"
 _ETH_ADDRESS = "0x4B2c5E9a1F0d3C7b8A6e2D1f9C0b3A5e7D8c6F41"
 _ETH_GATEWAY_ADDRESS = "0x9cD1e0B7a26F4c3E8d5B1A0f7E6c2D9b4A3e8F10"
 _PHALA_VERSIONS = ("0.5.7", "v0.5.7", "0.5.6", "0.5.8-3f2a9c1", "v0.5.5")
-_CHAIN_NAMES = {8453: "base", 1: "ethereum"}
 
 
 def dumps(obj: object) -> str:
@@ -71,14 +79,12 @@ def app_id_bytes(app_id: str | bytes) -> bytes:
     Raises:
         ValueError: ``app_id`` is not 20 bytes / 40 hex characters.
     """
-    if isinstance(app_id, bytes):
-        if len(app_id) != 20:
+    raw = parse_hex(app_id, 20)
+    if raw is None:
+        if isinstance(app_id, bytes):
             raise ValueError(f"app_id must be 20 bytes, got {len(app_id)}")
-        return app_id
-    text = app_id[2:] if app_id[:2] in ("0x", "0X") else app_id
-    if len(text) != 40 or not _HEX.issuperset(text):
         raise ValueError(f"app_id must be 40 hex characters with or without 0x, got {app_id!r}")
-    return bytes.fromhex(text)
+    return raw
 
 
 def _digest(seed: str, *parts: object) -> bytes:
@@ -177,7 +183,7 @@ class Contract:
     @property
     def chain_name(self) -> str | None:
         """``base`` or ``ethereum`` for contracts on those chains, else ``None``."""
-        return _CHAIN_NAMES.get(self.chain_id)
+        return CHAIN_NAMES.get(self.chain_id)
 
     def contract_item(self) -> dict[str, Any]:
         """The ``KmsContract`` JSON object (API version ``2026-06-23``)."""
@@ -453,7 +459,7 @@ def _contract_for_extra(
         label=None,
         contract_address=str(info.get("kms_contract_address") or "0x" + "0" * 40),
         chain_id=int(chain_id),
-        kms_type=_CHAIN_NAMES.get(int(chain_id), "custom"),
+        kms_type=CHAIN_NAMES.get(int(chain_id), "custom"),
         root_key=_root_key(seed, name),
     )
     contracts.append(contract)

@@ -14,7 +14,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..crypto import EnvVar, _decode
+from .._hex import parse_hex
+from ..crypto import EnvVar
 from ..errors import InvalidArgumentError
 
 __all__ = ["decrypt_env_vars"]
@@ -25,7 +26,7 @@ _MIN_SIZE: Final = 32 + 12 + 16
 def _private_key(private_key: object) -> X25519PrivateKey:
     if isinstance(private_key, X25519PrivateKey):
         return private_key
-    raw = _decode(private_key, 32)
+    raw = parse_hex(private_key, 32)
     if raw is None:
         raise InvalidArgumentError(
             "private_key must be a 32-byte X25519 private key as bytes or hex (optional 0x)",
@@ -76,7 +77,7 @@ def decrypt_env_vars(
             include the plaintext or the key.
     """
     key = _private_key(private_key)
-    blob = _decode(ciphertext, None)
+    blob = parse_hex(ciphertext, None)
     if blob is None or len(blob) < _MIN_SIZE:
         raise InvalidArgumentError(
             f"ciphertext must be at least {_MIN_SIZE} bytes, as bytes or hex (optional 0x)",

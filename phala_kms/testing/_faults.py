@@ -2,14 +2,14 @@
 
 A fault is a small frozen dataclass that says *what* goes wrong; :meth:`FakeKMSServer.inject
 <phala_kms.testing.FakeKMSServer.inject>` says *where* (a route name, ``"*"`` or a path
-glob) and *how often* (``times``). Everything that talks to aiohttp lives in
-:func:`respond`, so the fault classes stay plain data.
+glob) and *how often* (``times``), as an :class:`~phala_kms.testing.Injection`.
+Everything that talks to aiohttp lives in :func:`respond`, so the fault classes stay
+plain data.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import http
 import socket
 import struct
@@ -21,7 +21,8 @@ from typing import Any, get_args
 
 from aiohttp import web
 
-from ._catalogue import dumps
+from .._constants import HEADER_REQUEST_ID
+from ._catalogue import JSON_CONTENT_TYPE, dumps
 
 __all__ = [
     "FAULT_TYPES",
@@ -29,7 +30,6 @@ __all__ = [
     "Fault",
     "GatewayHTMLFault",
     "HugeBodyFault",
-    "Injection",
     "LatencyFault",
     "NonJSONFault",
     "RedirectFault",
@@ -45,13 +45,21 @@ RetryAfter = int | float | str | datetime
 """A ``Retry-After`` value: seconds (``int``/``float``), an aware ``datetime`` (sent as
 an HTTP date), or a ``str`` sent verbatim (to test malformed values)."""
 
-_JSON = "application/json"
 _CHUNK = 64 * 1024
 
 
-def _check_status(status: int, low: int, high: int, what: str) -> None:
+def _check_status(
+    status: int, low: int, high: int, what: str, retry_after: RetryAfter | None = None
+) -> None:
     if not low <= status <= high:
         raise ValueError(f"{what} status must be in {low}..{high}, got {status}")
+    if retry_after is not None:
+        _retry_after_header(retry_after)  # raises for a naive datetime or a bool
+
+
+def _check_fraction(fraction: float, what: str) -> None:
+    if not 0 <= fraction < 1:
+        raise ValueError(f"{what} fraction must be in [0, 1)")
 
 
 def _retry_after_header(value: RetryAfter) -> str:
@@ -107,9 +115,7 @@ class StatusFault:
 
     def __post_init__(self) -> None:
         """Reject a status outside 200..599 or a naive ``retry_after`` datetime."""
-        _check_status(self.status, 200, 599, "StatusFault")
-        if self.retry_after is not None:
-            _retry_after_header(self.retry_after)
+        _check_status(self.status, 200, 599, "StatusFault", self.retry_after)
 
 
 @dataclass(frozen=True)
@@ -145,9 +151,7 @@ class GatewayHTMLFault:
 
     def __post_init__(self) -> None:
         """Reject a status outside 400..599 or a naive ``retry_after`` datetime."""
-        _check_status(self.status, 400, 599, "GatewayHTMLFault")
-        if self.retry_after is not None:
-            _retry_after_header(self.retry_after)
+        _check_status(self.status, 400, 599, "GatewayHTMLFault", self.retry_after)
 
 
 @dataclass(frozen=True)
@@ -163,8 +167,7 @@ class TruncatedJSONFault:
 
     def __post_init__(self) -> None:
         """Reject a fraction outside [0, 1)."""
-        if not 0 <= self.fraction < 1:
-            raise ValueError("TruncatedJSONFault fraction must be in [0, 1)")
+        _check_fraction(self.fraction, "TruncatedJSONFault")
 
 
 @dataclass(frozen=True)
@@ -237,8 +240,7 @@ class ResetMidBodyFault:
 
     def __post_init__(self) -> None:
         """Reject a fraction outside [0, 1)."""
-        if not 0 <= self.fraction < 1:
-            raise ValueError("ResetMidBodyFault fraction must be in [0, 1)")
+        _check_fraction(self.fraction, "ResetMidBodyFault")
 
 
 @dataclass(frozen=True)
@@ -300,46 +302,6 @@ FAULT_TYPES: tuple[type, ...] = get_args(Fault)
 """The fault classes, for ``isinstance`` checks."""
 
 
-@dataclass(eq=False)
-class Injection:
-    """One injected fault and how many more requests it applies to.
-
-    Returned by :meth:`FakeKMSServer.inject <phala_kms.testing.FakeKMSServer.inject>`;
-    read ``hits`` to see how often it fired.
-
-    Attributes:
-        route: a route name, ``"*"`` for every request, or a glob over the path below
-            ``/api/v1`` (it starts with ``/``, e.g. ``"/kms/*/pubkey/*"``).
-        fault: what happens.
-        times: how many requests it applies to; ``None`` for every request until
-            cleared.
-        hits: how many requests it has applied to so far.
-    """
-
-    route: str
-    fault: Fault
-    times: int | None
-    hits: int = 0
-
-    @property
-    def remaining(self) -> int | None:
-        """Requests it still applies to (``None``: unlimited)."""
-        return None if self.times is None else max(self.times - self.hits, 0)
-
-    @property
-    def exhausted(self) -> bool:
-        """Whether it has applied ``times`` times already."""
-        return self.times is not None and self.hits >= self.times
-
-    def matches(self, route: str | None, path: str) -> bool:
-        """Whether it applies to a request for ``route`` (its name) at ``path``."""
-        if self.route == "*":
-            return True
-        if self.route.startswith("/"):
-            return fnmatch.fnmatchcase(path, self.route)
-        return self.route == route
-
-
 _DEFAULT_GATEWAY_HTML = (
     "<!DOCTYPE html>\n<html>\n<head><title>{status} {phrase}</title></head>\n"
     "<body>\n<h1>{status} {phrase}</h1>\n"
@@ -351,7 +313,7 @@ _DEFAULT_GATEWAY_HTML = (
 def _retry_headers(
     request_id: str, retry_after: RetryAfter | None, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    headers = {"X-Request-ID": request_id}
+    headers = {HEADER_REQUEST_ID: request_id}
     if extra:
         headers.update(extra)
     if retry_after is not None:
@@ -383,7 +345,9 @@ def _status_response(fault: StatusFault, request_id: str) -> web.Response:
             }
             if fault.nested:
                 body = {"detail": body}
-    return web.Response(status=fault.status, text=dumps(body), content_type=_JSON, headers=headers)
+    return web.Response(
+        status=fault.status, text=dumps(body), content_type=JSON_CONTENT_TYPE, headers=headers
+    )
 
 
 def _close(request: web.BaseRequest, rst: bool) -> None:
@@ -420,8 +384,8 @@ async def _partial_body(
 async def _huge_body(
     request: web.BaseRequest, fault: HugeBodyFault, request_id: str
 ) -> web.StreamResponse:
-    resp = web.StreamResponse(status=fault.status, headers={"X-Request-ID": request_id})
-    resp.content_type = _JSON
+    resp = web.StreamResponse(status=fault.status, headers={HEADER_REQUEST_ID: request_id})
+    resp.content_type = JSON_CONTENT_TYPE
     if fault.chunked:
         resp.enable_chunked_encoding()
     else:
@@ -470,20 +434,20 @@ async def respond(
         return web.Response(
             status=fault.status,
             body=fault.body.encode(),
-            headers={"Content-Type": fault.content_type, "X-Request-ID": request_id},
+            headers={"Content-Type": fault.content_type, HEADER_REQUEST_ID: request_id},
         )
     if isinstance(fault, WrongShapeFault):
         return web.Response(
             status=fault.status,
             text=dumps(fault.body),
-            content_type=_JSON,
-            headers={"X-Request-ID": request_id},
+            content_type=JSON_CONTENT_TYPE,
+            headers={HEADER_REQUEST_ID: request_id},
         )
     if isinstance(fault, RedirectFault):
         location = fault.location or "http://redirect-target.invalid" + request.path_qs
         return web.Response(
             status=fault.status,
-            headers={"Location": location, "X-Request-ID": request_id},
+            headers={"Location": location, HEADER_REQUEST_ID: request_id},
         )
     if isinstance(fault, DropConnectionFault):
         _close(request, fault.rst)
@@ -494,13 +458,13 @@ async def respond(
     real_response = await real()
     if not isinstance(real_response, web.Response):  # pragma: no cover - handlers build Responses
         return real_response
-    real_response.headers["X-Request-ID"] = request_id
+    real_response.headers[HEADER_REQUEST_ID] = request_id
     if isinstance(fault, TruncatedJSONFault):
         body = real_response.body if isinstance(real_response.body, bytes) else b""
         return web.Response(
             status=real_response.status,
             body=body[: int(len(body) * fault.fraction)],
-            headers={"Content-Type": _JSON, "X-Request-ID": request_id},
+            headers={"Content-Type": JSON_CONTENT_TYPE, HEADER_REQUEST_ID: request_id},
         )
     if isinstance(fault, ResetMidBodyFault):
         return await _partial_body(request, real_response, fault)

@@ -1,0 +1,49 @@
+"""Retry waits without waiting: for tests of code that uses a client against faults."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..client import AsyncKMSClient
+    from ..sync import KMSClient
+
+__all__ = ["instant_retries"]
+
+
+@contextlib.contextmanager
+def instant_retries(client: AsyncKMSClient | KMSClient) -> Iterator[list[float]]:
+    """Make a client's retry waits instant, and record how long each would have been.
+
+    The retry decisions (which failures, how many retries, ``Retry-After``,
+    ``deadline``) are unchanged; only the sleep between attempts is skipped.
+
+    Args:
+        client: An ``AsyncKMSClient`` or a ``KMSClient``.
+
+    Yields:
+        The list the waits are appended to, in seconds, in the order they were asked for.
+
+    Example::
+
+        with instant_retries(client) as waits:
+            await client.get_kms_info("phala")
+        assert waits == [1.0]  # one retry after the server's Retry-After: 1
+    """
+    from ..sync import KMSClient
+
+    target = client._loop.get()[1] if isinstance(client, KMSClient) else client
+    retrier = target._retrier
+    waits: list[float] = []
+
+    async def record(delay: float) -> None:
+        waits.append(delay)
+
+    original = retrier.sleep
+    retrier.sleep = record
+    try:
+        yield waits
+    finally:
+        retrier.sleep = original
