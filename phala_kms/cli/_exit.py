@@ -1,0 +1,52 @@
+"""What ``phala-kms`` exits with, and the one failure a command raises to say so."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+__all__ = ["EXIT_CODES", "ExitCode", "Failure"]
+
+
+class ExitCode(enum.IntEnum):
+    """What ``phala-kms`` exits with."""
+
+    OK = 0
+    API_ERROR = 1
+    USAGE = 2
+    AUTH = 3
+    NOT_FOUND = 4
+    NETWORK = 5
+    VERIFICATION = 6
+
+
+EXIT_CODES: Mapping[int, str] = {
+    ExitCode.OK: "success",
+    ExitCode.API_ERROR: "any other API error (400, 409, 422, 429, redirect, unexpected body)",
+    ExitCode.USAGE: "usage: bad command line, argument or setting",
+    ExitCode.AUTH: "authentication: no API key, 401 or 403",
+    ExitCode.NOT_FOUND: "not found: 404",
+    ExitCode.NETWORK: "network: no usable response, or 5xx after retries",
+    ExitCode.VERIFICATION: "verification: a signature did not verify against the trusted signer",
+}
+"""Every exit code of ``phala-kms`` and what it means."""
+
+
+class Failure(Exception):
+    """A command stops with its own message, hint and exit code.
+
+    The root group (:mod:`phala_kms.cli._group`) prints it to stderr, redacted, and
+    exits with ``code``; SDK errors take the same path through
+    :mod:`phala_kms.cli._present` instead.
+
+    Args:
+        message: What went wrong (printed after ``error:``).
+        hint: What to do about it (printed after ``hint:``), or ``None``.
+        code: The exit code.
+    """
+
+    def __init__(self, message: str, hint: str | None, code: ExitCode) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.code = code

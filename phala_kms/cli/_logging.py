@@ -1,0 +1,45 @@
+"""The SDK's log lines (retries and the like) on the command line: ``-v`` and the demo."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import click
+
+__all__ = ["enable_sdk_logging", "sdk_log_handler"]
+
+
+@contextlib.contextmanager
+def sdk_log_handler(handler: logging.Handler) -> Iterator[None]:
+    """Send the SDK's INFO lines (logger ``phala_kms``) to ``handler`` inside the block.
+
+    The logger's level and handlers are restored on the way out.
+    """
+    logger = logging.getLogger("phala_kms")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+class _StderrHandler(logging.Handler):
+    """Writes log lines to whatever ``sys.stderr`` is at the time (click's, in tests)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(self.format(record), err=True)
+        except Exception:  # pragma: no cover - logging must never break a command
+            self.handleError(record)
+
+
+def enable_sdk_logging(ctx: click.Context) -> None:
+    """Show the SDK's INFO lines (e.g. retries) on stderr until ``ctx`` closes (``-v``)."""
+    handler = _StderrHandler(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    ctx.with_resource(sdk_log_handler(handler))

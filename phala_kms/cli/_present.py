@@ -1,0 +1,373 @@
+"""How ``phala-kms`` presents things: errors (exit code, message, hint) and results.
+
+Errors: :data:`ERROR_TABLE` maps each error class of :mod:`phala_kms.errors` to the
+rules for it, each an exit code and a hint. :func:`rule_for` walks the error's MRO and
+takes the first rule of the first class in the table whose condition holds, so a
+subclass without an entry gets its nearest ancestor's rule, and both the exit code
+(:func:`exit_code_for`) and the hint (:func:`hint_for`) come from that one rule.
+
+Results: :func:`to_jsonable` and :func:`emit_json` for ``--json``; rich consoles,
+tables and ``name  value`` fields for people. rich is imported only when used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import click
+
+from .. import errors
+from .._constants import ENV_API_KEY, ENV_BASE_URL
+from ._exit import ExitCode
+from ._settings import Settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from .._fanout import ProgressCallback
+
+__all__ = [
+    "ERROR_TABLE",
+    "Rule",
+    "add_row",
+    "describe_error",
+    "emit_json",
+    "exit_code_for",
+    "hint_for",
+    "new_table",
+    "print_extra",
+    "print_fields",
+    "print_model",
+    "progress_bar",
+    "report",
+    "rule_for",
+    "short",
+    "stderr",
+    "stdout",
+    "text",
+    "to_jsonable",
+]
+
+_PIPE_WIDTH = 200
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class Rule(NamedTuple):
+    """What the command line does with an error: its exit code and its hint.
+
+    Attributes:
+        code: The exit code.
+        hint: The hint, or a function of the error giving it.
+        when: A condition on the error; ``None`` always holds.
+    """
+
+    code: ExitCode
+    hint: str | Callable[[Any], str]
+    when: Callable[[Any], bool] | None = None
+
+
+def _bad_signer_input(err: errors.SignatureVerificationError) -> bool:
+    """The caller's input, not the key, is at fault."""
+    return err.reason in ("invalid_trusted_signer", "invalid_argument")
+
+
+def _kms_not_found(err: errors.NotFoundError) -> bool:
+    """A 404 of the KMS route, or one without the API's structured body (a wrong prefix)."""
+    return (err.url or "").rstrip("/").endswith("/kms") or not err.error_code
+
+
+def _tries(err: errors.TransportError) -> str:
+    plural = "s" if err.attempts != 1 else ""
+    return f"check --base-url / {ENV_BASE_URL} and your network (tried {err.attempts} time{plural})"
+
+
+def _rate_limited(err: errors.RateLimitError) -> str:
+    wait = f" {err.retry_after:g} s" if err.retry_after is not None else " a while"
+    return f"rate limited: wait{wait} and try again"
+
+
+_PREFIX_HINT = f"check --base-url / {ENV_BASE_URL}: it must be the API prefix ending in /api/v1"
+_SIGNER_HINT = (
+    "--trusted-signer must be the KMS root key (k256_pubkey: 33 or 65 bytes"
+    " as hex) or its 20-byte Ethereum address; see `phala-kms info` / `onchain`"
+)
+
+ERROR_TABLE: Mapping[type[BaseException], tuple[Rule, ...]] = {
+    errors.AuthenticationError: (
+        Rule(ExitCode.AUTH, f"check {ENV_API_KEY} (or --api-key): the API did not accept the key"),
+    ),
+    errors.PermissionDeniedError: (
+        Rule(
+            ExitCode.AUTH,
+            f"check {ENV_API_KEY} (or --api-key): the key was refused or lacks access;"
+            " create a new one in the Phala Cloud dashboard",
+        ),
+    ),
+    errors.ConfigurationError: (
+        Rule(
+            ExitCode.AUTH,
+            f"set {ENV_API_KEY} or pass --api-key (printable ASCII, e.g. phak_...)",
+            when=lambda err: err.setting == "api_key",
+        ),
+        Rule(ExitCode.USAGE, f"check --base-url / {ENV_BASE_URL} and the other global options"),
+    ),
+    errors.InvalidArgumentError: (Rule(ExitCode.USAGE, "check the arguments; see --help"),),
+    errors.NotFoundError: (
+        Rule(
+            ExitCode.NOT_FOUND,
+            "check the id or slug (`phala-kms list --all` shows every KMS), and that"
+            f" --base-url / {ENV_BASE_URL} is the API prefix ending in /api/v1",
+            when=_kms_not_found,
+        ),
+        Rule(ExitCode.NOT_FOUND, "check the id or slug; `phala-kms list --all` shows every KMS"),
+    ),
+    errors.SignatureVerificationError: (
+        Rule(ExitCode.USAGE, _SIGNER_HINT, when=_bad_signer_input),
+        Rule(
+            ExitCode.VERIFICATION,
+            "do not encrypt to this key: it is not proven to come from the trusted KMS;"
+            " check --trusted-signer (the KMS's k256_pubkey) and the KMS/app id",
+        ),
+    ),
+    errors.APITimeoutError: (
+        Rule(
+            ExitCode.NETWORK, "the API did not answer in time; raise --timeout or try again later"
+        ),
+    ),
+    errors.TransportError: (Rule(ExitCode.NETWORK, _tries),),
+    errors.ServerError: (
+        Rule(
+            ExitCode.NETWORK,
+            lambda err: f"the API failed after {err.attempts} attempt(s); try again later",
+        ),
+    ),
+    errors.RateLimitError: (Rule(ExitCode.API_ERROR, _rate_limited),),
+    errors.RedirectError: (Rule(ExitCode.API_ERROR, _PREFIX_HINT),),
+    errors.ResponseValidationError: (
+        Rule(
+            ExitCode.API_ERROR,
+            "the API answered with an unexpected shape; check --base-url and --api-version,"
+            " or upgrade phala-kms",
+        ),
+    ),
+    errors.UnprocessableEntityError: (
+        Rule(
+            ExitCode.API_ERROR, "the API rejected a parameter; see --help for the accepted values"
+        ),
+    ),
+    errors.ClientStateError: (
+        Rule(ExitCode.API_ERROR, "this is a bug in phala-kms; please report it"),
+    ),
+    errors.PhalaKMSError: (Rule(ExitCode.API_ERROR, "see --help"),),
+}
+"""Error class -> its rules, tried in order; the first class in the error's MRO wins."""
+
+_FALLBACK = Rule(ExitCode.API_ERROR, "see --help")
+
+
+def rule_for(err: BaseException) -> Rule:
+    """The rule for ``err``: the first matching rule of the nearest class in the table."""
+    for cls in type(err).__mro__:
+        for rule in ERROR_TABLE.get(cls, ()):
+            if rule.when is None or rule.when(err):
+                return rule
+    return _FALLBACK
+
+
+def exit_code_for(err: BaseException) -> ExitCode:
+    """The exit code for an exception raised by phala-kms (1 for anything unknown)."""
+    return rule_for(err).code
+
+
+def hint_for(err: BaseException) -> str:
+    """What to do about ``err``, in one line."""
+    hint = rule_for(err).hint
+    return hint if isinstance(hint, str) else hint(err)
+
+
+def describe_error(err: errors.PhalaKMSError) -> str:
+    """One line: the error's type and message, plus the request id if it is missing.
+
+    The SDK's messages already carry the status, error code, request id and URL.
+    """
+    text = f"{type(err).__name__}: {err.message}"
+    request_id = getattr(err, "request_id", None)
+    if request_id and request_id not in text:
+        text += f" (request id {request_id})"
+    return text
+
+
+def report(message: str, hint: str | None) -> None:
+    """Print ``error: message`` and ``hint: hint`` to stderr, with secrets redacted."""
+    ctx = click.get_current_context(silent=True)
+    settings = ctx.find_object(Settings) if ctx is not None else None
+    lines = [f"error: {message}"] + ([f"hint: {hint}"] if hint else [])
+    for line in lines:
+        click.echo(settings.redact(line) if settings is not None else line, err=True)
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def to_jsonable(value: Any) -> Any:
+    """Turn models (attrs classes), tuples and mappings into JSON-ready data.
+
+    An attrs object becomes a dict of its fields in declaration order (``extra``
+    included, always a dict), so keys are stable across runs and versions.
+    """
+    import attrs
+
+    if attrs.has(type(value)):
+        return {
+            field.name: to_jsonable(getattr(value, field.name))
+            for field in attrs.fields(type(value))
+        }
+    if isinstance(value, Mapping):
+        return {str(key): to_jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(item) for item in value]
+    return value
+
+
+def emit_json(data: Any) -> None:
+    """Write ``data`` to stdout as one indented JSON document."""
+    import json
+
+    click.echo(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False))
+
+
+# --------------------------------------------------------------------------- people
+
+
+def stdout() -> Console:
+    """A console on stdout; piped, it is wide enough to keep hex and URLs whole."""
+    import os
+
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = _PIPE_WIDTH
+    return console
+
+
+def stderr() -> Console:
+    """A console on stderr."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def short(value: str | None, keep: int = 10) -> str:
+    """``value`` cut to its first ``keep`` and last 6 characters (``-`` for ``None``)."""
+    if value is None:
+        return "-"
+    if len(value) <= 2 * keep + 1:
+        return value
+    return f"{value[:keep]}…{value[-6:]}"
+
+
+def text(value: Any) -> str:
+    """A value as a table shows it: ``-`` for ``None``, ``yes``/``no`` for a bool."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def print_fields(console: Console, rows: Iterable[tuple[str, Any]]) -> None:
+    """Print ``name  value`` lines without wrapping values (hex stays copyable)."""
+    from rich.markup import escape
+
+    rows = list(rows)
+    width = max((len(name) for name, _ in rows), default=0)
+    for name, value in rows:
+        console.print(
+            f"[bold]{escape(name.ljust(width))}[/bold]  {escape(text(value))}", soft_wrap=True
+        )
+
+
+def print_extra(console: Console, extra: Mapping[str, Any]) -> None:
+    """Print a model's unknown fields as ``name (extra)  value`` lines."""
+    if extra:
+        print_fields(console, [(f"{key} (extra)", value) for key, value in extra.items()])
+
+
+def print_model(console: Console, model: Any, names: Sequence[str], **shown: Any) -> None:
+    """Print a model's fields ``names`` as ``name  value`` lines, then its ``extra``.
+
+    Args:
+        console: Where to print.
+        model: A model with those attributes and ``extra``.
+        names: The fields to print, in order.
+        **shown: Values to print instead of a field's own, by name.
+    """
+    print_fields(console, [(name, shown.get(name, getattr(model, name))) for name in names])
+    print_extra(console, model.extra)
+
+
+def new_table(columns: Sequence[str], *, fold: Iterable[str] = (), **options: Any) -> Table:
+    """A table with these columns: ``fold`` ones wrap, the others never do.
+
+    Args:
+        columns: The column headers.
+        fold: The columns whose values may wrap (long URLs, error messages).
+        **options: Passed to ``rich.table.Table`` (``caption``, ``title``, ...).
+    """
+    from rich.table import Table
+
+    folded = set(fold)
+    table = Table(**options)
+    for column in columns:
+        if column in folded:
+            table.add_column(column, overflow="fold")
+        else:
+            table.add_column(column, no_wrap=True)
+    return table
+
+
+def add_row(table: Table, *values: str | Text) -> None:
+    """Add a row; plain ``str`` values are never read as rich markup (API data)."""
+    from rich.text import Text
+
+    table.add_row(*(Text(value) if isinstance(value, str) else value for value in values))
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int, *, transient: bool = False) -> Iterator[ProgressCallback]:
+    """A progress bar on stderr (shown only on a terminal) for a key fan-out.
+
+    Yields:
+        An ``on_progress(done, total)`` callback that moves the bar.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    console = stderr()
+    with Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=transient,
+        disable=not console.is_terminal,
+    ) as progress:
+        task = progress.add_task(label, total=total)
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield on_progress
