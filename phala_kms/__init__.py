@@ -1,5 +1,19 @@
 """phala-kms: the Python SDK for the Phala Cloud KMS API.
 
+Encrypt env vars for an app, here against the built-in fake of the API (runs as is)::
+
+    from phala_kms import KMSClient, encrypt_env_vars
+    from phala_kms.testing import FakeKMSServer
+
+    with FakeKMSServer.in_thread() as fake:  # for the real API: KMSClient("phak_...")
+        with KMSClient(fake.api_key, fake.base_url) as kms:
+            signer = kms.get_trusted_signer("phala")  # better: pin the KMS's k256_pubkey
+            key = kms.get_verified_app_env_encrypt_pubkey(
+                "phala", "ab" * 20, trusted_signer=signer
+            )
+            print(encrypt_env_vars({"API_TOKEN": "s3cret"}, key.public_key))
+
+
 Async first (:class:`AsyncKMSClient`), with a blocking twin (:class:`KMSClient`),
 typed frozen models, a tree of typed errors (:mod:`phala_kms.errors`), env-var
 encryption and public-key signature verification (:mod:`phala_kms.crypto`), and a
@@ -21,6 +35,7 @@ from .errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    CallbackError,
     ClientStateError,
     ConfigurationError,
     ConflictError,
@@ -32,6 +47,7 @@ from .errors import (
     NotFoundError,
     PermissionDeniedError,
     PhalaKMSError,
+    PoolTimeoutError,
     RateLimitError,
     RedirectError,
     ResponseValidationError,
@@ -55,10 +71,13 @@ if TYPE_CHECKING:
     )
     from .models import (
         AppEnvEncryptPubKey,
+        CVMInfo,
+        CVMKMSInfo,
         KMSContract,
         KMSContractNode,
         KMSContractNodes,
         KMSInfo,
+        KMSNodeMeta,
         KMSOnChainDetail,
         NextAppID,
         NextAppIDs,
@@ -67,6 +86,7 @@ if TYPE_CHECKING:
         OnChainOSImage,
         Paginated,
         TrustedSigner,
+        VerifiedAppEnvEncryptPubKey,
     )
     from .sync import KMSClient
 
@@ -82,6 +102,10 @@ _LAZY = {
     "recover_env_encrypt_pubkey_signer": "crypto",
     "verify_env_encrypt_public_key": "crypto",
     "AppEnvEncryptPubKey": "models",
+    "CVMInfo": "models",
+    "CVMKMSInfo": "models",
+    "KMSNodeMeta": "models",
+    "VerifiedAppEnvEncryptPubKey": "models",
     "KMSContract": "models",
     "KMSContractNode": "models",
     "KMSContractNodes": "models",
@@ -105,6 +129,9 @@ __all__ = [
     "AsyncKMSClient",
     "AuthenticationError",
     "BadRequestError",
+    "CVMInfo",
+    "CVMKMSInfo",
+    "CallbackError",
     "ClientConfig",
     "ClientStateError",
     "ConfigurationError",
@@ -122,6 +149,7 @@ __all__ = [
     "KMSContractNode",
     "KMSContractNodes",
     "KMSInfo",
+    "KMSNodeMeta",
     "KMSOnChainDetail",
     "NextAppID",
     "NextAppIDs",
@@ -132,6 +160,7 @@ __all__ = [
     "Paginated",
     "PermissionDeniedError",
     "PhalaKMSError",
+    "PoolTimeoutError",
     "RateLimitError",
     "RedirectError",
     "ResponseValidationError",
@@ -143,6 +172,7 @@ __all__ = [
     "TrustedSigner",
     "UnprocessableEntityError",
     "ValidationErrorItem",
+    "VerifiedAppEnvEncryptPubKey",
     "__version__",
     "encrypt_env_vars",
     "recover_env_encrypt_pubkey_signer",

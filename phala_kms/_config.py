@@ -17,9 +17,12 @@ from ._constants import (
     DEFAULT_BASE_URL,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MAX_RETRIES,
+    DEFAULT_RETRY_BUDGET,
+    DEFAULT_RETRY_COST,
     ENV_API_KEY,
     ENV_BASE_URL,
 )
+from ._secrets import RedactedStr, redact_key
 from ._version import __version__
 from .errors import ConfigurationError
 
@@ -89,6 +92,18 @@ class RetryPolicy:
             together, or ``None`` for no limit. A wait that would end past the
             deadline is not started, and each attempt's timeout is shortened to
             what remains.
+        retry_budget: The size of the client's retry budget, in tokens, or ``None``
+            for no budget (every call gets all its ``max_retries``). One budget is
+            shared by every call of a client, as the AWS SDKs' retry quota and gRPC's
+            retry throttling are: each retry draws ``retry_cost`` tokens; a call that
+            succeeds at its first attempt puts 1 token back, one that succeeds after
+            retrying puts back the cost of its last retry (never above
+            ``retry_budget``). When the budget cannot pay for a retry, the failure is
+            raised at once. So a blip (say 10 % of requests failing) gets every retry
+            it needs, while in an outage retries stop after ``retry_budget /
+            retry_cost`` of them instead of multiplying the load. ``0`` allows no
+            retries at all.
+        retry_cost: Tokens one retry draws from the budget (> 0).
     """
 
     max_retries: int = attrs.field(default=DEFAULT_MAX_RETRIES)
@@ -99,6 +114,24 @@ class RetryPolicy:
     deadline: float | None = attrs.field(
         default=None, validator=_seconds("deadline", optional=True, positive=True)
     )
+    retry_budget: float | None = attrs.field(default=DEFAULT_RETRY_BUDGET)
+    retry_cost: float = attrs.field(default=DEFAULT_RETRY_COST)
+
+    @retry_budget.validator
+    def _check_retry_budget(self, _attr: object, value: float | None) -> None:
+        if value is not None and (not _is_number(value) or not 0 <= value < math.inf):
+            raise ConfigurationError(
+                f"retry_budget must be a finite number of tokens >= 0 or None, got {value!r}",
+                setting="retry_budget",
+            )
+
+    @retry_cost.validator
+    def _check_retry_cost(self, _attr: object, value: float) -> None:
+        if not _is_number(value) or not 0 < value < math.inf:
+            raise ConfigurationError(
+                f"retry_cost must be a finite number of tokens > 0, got {value!r}",
+                setting="retry_cost",
+            )
 
     @max_retries.validator
     def _check_max_retries(self, _attr: object, value: int) -> None:
@@ -119,7 +152,8 @@ class RetryPolicy:
 class ClientConfig:
     """Everything a client needs to talk to the API, validated.
 
-    The API key is never part of ``repr``.
+    The API key is never part of ``repr``; it is held as a
+    :class:`~phala_kms._secrets.RedactedStr`, whose own ``repr`` is redacted too.
     """
 
     base_url: str
@@ -133,6 +167,8 @@ class ClientConfig:
     trust_env: bool = False
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     user_agent: str = USER_AGENT
+    pool_timeout: float | None = None
+    max_requests_per_second: float | None = None
 
 
 def _is_loopback(host: str) -> bool:
@@ -188,6 +224,16 @@ def _positive(name: str, value: float) -> float:
     return float(value)
 
 
+def _rate(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(
+            f"{name} must be a number of requests per second, got {value!r}", setting=name
+        )
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigurationError(f"{name} must be > 0, got {value!r}", setting=name)
+    return float(value)
+
+
 def header_safe(value: str) -> bool:
     """Whether ``value`` can be sent as an HTTP header value: printable ASCII only."""
     return value.isascii() and value.isprintable()
@@ -215,21 +261,28 @@ def resolve_config(
     ssl_context: ssl.SSLContext | None = None,
     trust_env: bool = False,
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    pool_timeout: float | None = None,
+    max_requests_per_second: float | None = None,
 ) -> ClientConfig:
     """Merge arguments with ``PHALA_CLOUD_API_KEY``/``PHALA_CLOUD_API_PREFIX`` and validate.
 
     A missing API key is not an error here: it is raised at the first request, so
     that a client can be built before the key is known (e.g. in tests).
 
+    The key is wrapped in a :class:`~phala_kms._secrets.RedactedStr` as soon as it is
+    read, from the argument or ``PHALA_CLOUD_API_KEY``, so no frame local holds it in
+    plain text (tracebacks that capture locals print their ``repr``).
+
     Raises:
         ConfigurationError: Any setting is unusable.
     """
+    api_key = redact_key(api_key)
     if api_key is None:
-        api_key = os.environ.get(ENV_API_KEY) or None
+        api_key = redact_key(os.environ.get(ENV_API_KEY) or None)
     if api_key is not None:
         if not isinstance(api_key, str):
             raise ConfigurationError("api_key must be a str", setting="api_key")
-        api_key = api_key.strip() or None
+        api_key = RedactedStr(api_key.strip()) or None
         if api_key is not None and not header_safe(api_key):
             raise ConfigurationError(
                 "api_key must be printable ASCII (it is sent as the X-API-Key header);"
@@ -277,4 +330,10 @@ def resolve_config(
         ssl_context=_ssl_context(ssl_context),
         trust_env=bool(trust_env),
         max_response_bytes=max_response_bytes,
+        pool_timeout=None if pool_timeout is None else _positive("pool_timeout", pool_timeout),
+        max_requests_per_second=(
+            None
+            if max_requests_per_second is None
+            else _rate("max_requests_per_second", max_requests_per_second)
+        ),
     )

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from ._base_client import BaseKMSClient
 from ._constants import CONTRACT_API_VERSION, NODE_API_VERSION
-from ._pagination import awalk_pages
+from ._pagination import awalk_pages, check_max_pages
 from ._params import app_id_hex, int_param, kms_segment, page_params, path_segment
 from .models import (
     AppEnvEncryptPubKey,
@@ -73,26 +73,37 @@ class KMSEndpoints(BaseKMSClient):
         is_onchain: bool | None = None,
         *,
         api_version: str | None = None,
+        max_pages: int | None = None,
     ) -> AsyncIterator[KMSInfo]:
         """Yield every KMS node of every page, fetching pages as they are needed.
 
         Pages are ``GET /kms`` calls as in :meth:`get_kms_list`, from page 1 until
-        the server's ``pages`` is reached (or a page comes back empty).
+        the server's ``pages`` is reached (or a page comes back empty). The walk
+        cannot loop: a server that ignores ``?page`` or promises more pages than its
+        first ``total`` allows is a ``ResponseValidationError``.
 
         Args:
             page_size: Items per request, 1..100.
             is_onchain: As in :meth:`get_kms_list`.
             api_version: As in :meth:`get_kms_list`.
+            max_pages: The most pages fetched (>= 1), or ``None`` for no limit but
+                the server's ``total``.
 
         Yields:
             Each ``KMSInfo`` in server order.
 
         Raises:
+            InvalidArgumentError: A bad ``page_size``, ``is_onchain`` or ``max_pages``,
+                before any request.
+            ResponseValidationError: More pages follow page ``max_pages`` (raised
+                after its items), or the paging cannot end.
             The errors of :meth:`get_kms_list`, when the page that needs them is fetched.
         """
         page_params(1, page_size, is_onchain)  # bad arguments fail before any request
+        check_max_pages(max_pages)
         pages = awalk_pages(
-            lambda page: self.get_kms_list(page, page_size, is_onchain, api_version=api_version)
+            lambda page: self.get_kms_list(page, page_size, is_onchain, api_version=api_version),
+            max_pages,
         )
         async for item in pages:
             yield item
@@ -247,17 +258,24 @@ class KMSEndpoints(BaseKMSClient):
         is_onchain: bool | None = None,
         *,
         api_version: str | None = None,
+        max_pages: int | None = None,
     ) -> AsyncIterator[KMSContract]:
         """Yield every KMS contract of every page (see :meth:`list_kms_contracts`).
 
+        Args:
+            page_size, is_onchain, api_version, max_pages: As in :meth:`iter_kms_list`.
+
         Raises:
+            InvalidArgumentError, ResponseValidationError: As in :meth:`iter_kms_list`.
             The errors of :meth:`list_kms_contracts`, when the page that needs them is fetched.
         """
         page_params(1, page_size, is_onchain)
+        check_max_pages(max_pages)
         pages = awalk_pages(
             lambda page: self.list_kms_contracts(
                 page, page_size, is_onchain, api_version=api_version
-            )
+            ),
+            max_pages,
         )
         async for item in pages:
             yield item

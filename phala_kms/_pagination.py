@@ -6,10 +6,10 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-from .errors import ResponseValidationError
+from .errors import InvalidArgumentError, ResponseValidationError
 from .models import Paginated
 
-__all__ = ["awalk_pages", "next_page", "walk_pages"]
+__all__ = ["awalk_pages", "check_max_pages", "next_page", "walk_pages"]
 
 T = TypeVar("T")
 
@@ -44,6 +44,25 @@ def next_page(requested: int, result: Paginated[Any], *, first_total: int) -> in
     return requested + 1
 
 
+def check_max_pages(max_pages: int | None) -> None:
+    """Reject a ``max_pages`` that is not ``None`` or an int >= 1 (before any request).
+
+    Raises:
+        InvalidArgumentError: ``max_pages`` is not ``None`` or an int >= 1.
+    """
+    if max_pages is not None and (type(max_pages) is not int or max_pages < 1):
+        raise InvalidArgumentError(
+            f"max_pages must be an int >= 1 or None, got {max_pages!r}", argument="max_pages"
+        )
+
+
+def _past_max_pages(page: int, max_pages: int | None) -> None:
+    if max_pages is not None and page > max_pages:
+        raise _loop_error(
+            f"more pages follow page {max_pages}, the max_pages given; the walk stopped there"
+        )
+
+
 def _loop_error(problem: str) -> ResponseValidationError:
     return ResponseValidationError(
         f"200: the paging cannot end: {problem}",
@@ -54,15 +73,24 @@ def _loop_error(problem: str) -> ResponseValidationError:
     )
 
 
-async def awalk_pages(fetch: Callable[[int], Awaitable[Paginated[T]]]) -> AsyncIterator[T]:
+async def awalk_pages(
+    fetch: Callable[[int], Awaitable[Paginated[T]]], max_pages: int | None = None
+) -> AsyncIterator[T]:
     """Yield every item of every page, calling ``fetch(page)`` for pages 1, 2, ... in turn.
 
+    Args:
+        fetch: Fetches one page.
+        max_pages: The most pages fetched, or ``None`` (the server's ``total`` bounds
+            the walk anyway).
+
     Raises:
-        ResponseValidationError: As :func:`next_page`.
+        ResponseValidationError: As :func:`next_page`, or page ``max_pages`` says more
+            pages follow (raised after its items are yielded, before another request).
     """
     page: int | None = 1
     first_total: int | None = None
     while page is not None:
+        _past_max_pages(page, max_pages)
         result = await fetch(page)
         if first_total is None:
             first_total = result.total
@@ -72,11 +100,12 @@ async def awalk_pages(fetch: Callable[[int], Awaitable[Paginated[T]]]) -> AsyncI
         page = page_after
 
 
-def walk_pages(fetch: Callable[[int], Paginated[T]]) -> Iterator[T]:
+def walk_pages(fetch: Callable[[int], Paginated[T]], max_pages: int | None = None) -> Iterator[T]:
     """The blocking twin of :func:`awalk_pages`."""
     page: int | None = 1
     first_total: int | None = None
     while page is not None:
+        _past_max_pages(page, max_pages)
         result = fetch(page)
         if first_total is None:
             first_total = result.total

@@ -14,13 +14,21 @@ import html
 import json
 import math
 import re
+import traceback
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, TypeVar
 
-from ._constants import HEADER_REQUEST_ID
+from ._constants import (
+    HEADER_REQUEST_ID,
+    MAX_ERROR_BODY_BYTES,
+    MAX_ERROR_BODY_CHARS,
+    MAX_ERROR_FIELD_CHARS,
+    MAX_ERROR_MESSAGE_CHARS,
+)
 from ._convert import DecodeError, structure
 from .errors import (
+    APIResponseError,
     APIStatusError,
     AuthenticationError,
     BadRequestError,
@@ -37,6 +45,7 @@ from .errors import (
 
 __all__ = [
     "MAX_ERROR_BODY_CHARS",
+    "clip",
     "decode_body_text",
     "decode_response",
     "make_redirect_error",
@@ -45,9 +54,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-MAX_ERROR_BODY_CHARS = 64 * 1024
-"""Error bodies are kept on exceptions up to this many characters."""
 
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
@@ -64,6 +70,15 @@ _SPACE = re.compile(r"\s+")
 _SCAN_CHARS = 4096
 """Only this much of an HTML/text body is searched for a message (gateway pages are tiny;
 a hostile body must not make the parse slow)."""
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, ending in ``…`` when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _clip_or_none(text: str | None) -> str | None:
+    return None if text is None else clip(text, MAX_ERROR_FIELD_CHARS)
 
 
 def decode_body_text(body: bytes) -> str:
@@ -186,10 +201,17 @@ def make_status_error(
     FastAPI's ``{"detail": [...]}``, the structured form at the top level or nested
     under ``detail``, ``{"message": "..."}``, and HTML or plain text.
 
+    Everything kept is bounded, whatever the server sent: only the first
+    ``MAX_ERROR_BODY_BYTES`` (64 KiB) of ``body`` are read (a longer JSON body is then
+    read as text), ``body`` keeps at most 64 KiB of characters, ``server_message``,
+    ``error_code``, ``request_id`` and each suggestion at most
+    ``MAX_ERROR_FIELD_CHARS`` (1 KiB), and the message (``str(err)``) at most
+    ``MAX_ERROR_MESSAGE_CHARS`` (1 KiB); a cut value ends in ``…``.
+
     Args:
         status: The HTTP status code (400..599).
         headers: The response headers (case-insensitive mapping).
-        body: The raw response body.
+        body: The raw response body (bytes past the first 64 KiB are ignored).
         method: The request method.
         url: The request URL.
         now: The current Unix time in seconds (for an HTTP-date ``Retry-After``).
@@ -198,6 +220,7 @@ def make_status_error(
     Returns:
         An instance of the :class:`~phala_kms.errors.APIStatusError` subclass for ``status``.
     """
+    body = body[:MAX_ERROR_BODY_BYTES]
     text = decode_body_text(body)
     message: str | None = None
     error_code: str | None = None
@@ -231,19 +254,26 @@ def make_status_error(
     elif data is not None and message is None:
         message = _text_message(text)
 
-    request_id = request_id or headers.get(HEADER_REQUEST_ID) or None
+    request_id = _clip_or_none(request_id or headers.get(HEADER_REQUEST_ID) or None)
+    message = _clip_or_none(message)
+    error_code = _clip_or_none(error_code)
+    suggestions = tuple(clip(s, MAX_ERROR_FIELD_CHARS) for s in suggestions)
     retry_after = parse_retry_after(headers.get("Retry-After"), now=now)
-    reason = _reason(status)
-    summary = f"{status} {reason}: {message}" if message else f"{status} {reason}"
+    head = f"{status} {_reason(status)}"
     facts = [f"error_code={error_code}"] if error_code else []
     if request_id:
         facts.append(f"request_id={request_id}")
     if retry_after is not None:
         facts.append(f"retry_after={retry_after:g}s")
-    full = f"{summary} ({', '.join(facts)})" if facts else summary
-    full += f" [{method} {url}]"
+    tail = f" ({', '.join(facts)})" if facts else ""
+    tail += f" [{method} {url}]"
     if suggestions:
-        full += f" Suggestion: {suggestions[0]}"
+        tail += f" Suggestion: {clip(suggestions[0], 200)}"
+    if message:
+        # The server's message gets what the status, facts and URL leave of the cap.
+        room = max(MAX_ERROR_MESSAGE_CHARS - len(head) - 2 - len(tail), 80)
+        head += f": {clip(message, room)}"
+    full = clip(head + tail, MAX_ERROR_MESSAGE_CHARS)
 
     cls = _STATUS_CLASSES.get(status) or (ServerError if status >= 500 else APIStatusError)
     extra: dict[str, Any] = {}
@@ -277,16 +307,19 @@ def make_redirect_error(
     attempts: int = 1,
 ) -> RedirectError:
     """Build the exception for a 3xx response, which is never followed."""
-    location = headers.get("Location")
+    location = _clip_or_none(headers.get("Location"))
     return RedirectError(
-        f"{status} {_reason(status)}: the API redirected to {location or '(no Location)'};"
-        f" redirects are never followed because they could send the API key elsewhere."
-        f" Check base_url. [{method} {url}]",
+        clip(
+            f"{status} {_reason(status)}: the API redirected to {location or '(no Location)'};"
+            f" redirects are never followed because they could send the API key elsewhere."
+            f" Check base_url. [{method} {url}]",
+            MAX_ERROR_MESSAGE_CHARS,
+        ),
         status=status,
         method=method,
         url=url,
-        request_id=headers.get(HEADER_REQUEST_ID) or None,
-        body=decode_body_text(body),
+        request_id=_clip_or_none(headers.get(HEADER_REQUEST_ID) or None),
+        body=decode_body_text(body[:MAX_ERROR_BODY_BYTES]),
         location=location,
         attempts=attempts,
     )
@@ -323,12 +356,17 @@ def decode_response(
         RedirectError: A 3xx.
         APIStatusError: A 4xx or 5xx (its subclass for the status).
     """
+    # The error is built first and the body dropped before raising: the traceback keeps
+    # this frame (and the caller's) alive as long as the error lives, and with them the
+    # body (up to max_response_bytes for a 2xx) and its parsed JSON.
+    error: APIResponseError
+    cause: BaseException | None = None
     if 300 <= status < 400:
-        raise make_redirect_error(
+        error = make_redirect_error(
             status=status, headers=headers, body=body, method=method, url=url, attempts=attempts
         )
-    if not 200 <= status < 300:
-        raise make_status_error(
+    elif not 200 <= status < 300:
+        error = make_status_error(
             status=status,
             headers=headers,
             body=body,
@@ -337,31 +375,67 @@ def decode_response(
             now=now,
             attempts=attempts,
         )
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
-        raise ResponseValidationError(
-            f"{status}: response body is not JSON ({exc}) [{method} {url}]",
-            status=status,
-            method=method,
-            url=url,
-            request_id=headers.get(HEADER_REQUEST_ID),
-            body=decode_body_text(body),
-            model=getattr(model, "__name__", str(model)),
-            problems=(f"not JSON: {exc}",),
-            attempts=attempts,
-        ) from exc
-    try:
-        return structure(data, model)
-    except DecodeError as exc:
-        raise ResponseValidationError(
-            f"{status}: {exc} [{method} {url}]",
-            status=status,
-            method=method,
-            url=url,
-            request_id=headers.get(HEADER_REQUEST_ID),
-            body=decode_body_text(body),
-            model=exc.model,
-            problems=exc.problems,
-            attempts=attempts,
-        ) from exc
+    else:
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
+            if isinstance(exc, json.JSONDecodeError):
+                exc.doc = ""  # it held the whole body as text
+            error = ResponseValidationError(
+                clip(
+                    f"{status}: response body is not JSON ({exc}) [{method} {url}]",
+                    MAX_ERROR_MESSAGE_CHARS,
+                ),
+                status=status,
+                method=method,
+                url=url,
+                request_id=_clip_or_none(headers.get(HEADER_REQUEST_ID)),
+                body=decode_body_text(body),
+                model=getattr(model, "__name__", str(model)),
+                problems=(f"not JSON: {exc}",),
+                attempts=attempts,
+            )
+            cause = exc
+        else:
+            try:
+                return structure(data, model)
+            except DecodeError as exc:
+                _forget_frames(exc)  # the converter's frames hold the parsed body
+                problems = tuple(
+                    clip(p, MAX_ERROR_FIELD_CHARS) for p in exc.problems[:_MAX_PROBLEMS]
+                )
+                if len(exc.problems) > _MAX_PROBLEMS:
+                    problems += (f"and {len(exc.problems) - _MAX_PROBLEMS} more",)
+                error = ResponseValidationError(
+                    clip(f"{status}: {exc} [{method} {url}]", MAX_ERROR_MESSAGE_CHARS),
+                    status=status,
+                    method=method,
+                    url=url,
+                    request_id=_clip_or_none(headers.get(HEADER_REQUEST_ID)),
+                    body=decode_body_text(body),
+                    model=exc.model,
+                    problems=problems,
+                    attempts=attempts,
+                )
+                cause = exc
+            finally:
+                del data
+    del body
+    if cause is None:
+        raise error
+    raise error from cause
+
+
+_MAX_PROBLEMS = 50
+"""The most ``problems`` kept on a ResponseValidationError (then "and N more")."""
+
+
+def _forget_frames(exc: BaseException | None) -> None:
+    """Clear the locals of the finished frames in ``exc``'s traceback and chain."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        for inner in getattr(exc, "exceptions", ()):  # an ExceptionGroup's members
+            _forget_frames(inner)
+        exc = exc.__cause__ or exc.__context__

@@ -1,9 +1,11 @@
 """Retry policy as small pure functions, and the one retry loop that uses them.
 
-The decisions (:func:`is_retryable`, :func:`backoff`, :func:`retry_delay`) never
-sleep, read a clock or draw a random number: callers pass ``elapsed`` and the
-random draw in, so every decision can be tested as a table. :class:`Retrier` is
-the loop; its clock, sleep and random source are injected.
+The decisions (:func:`is_retryable`, :func:`backoff`, :func:`retry_delay`, and the
+retry budget's :func:`budget_after_retry` / :func:`budget_after_success`) never
+sleep, read a clock or draw a random number: callers pass ``elapsed``, the random
+draw and the token count in, so every decision can be tested as a table.
+:class:`Retrier` is the loop; its clock, sleep and random source are injected, and
+its :class:`RetryBudget` is shared by every call of one client.
 """
 
 from __future__ import annotations
@@ -26,11 +28,21 @@ from .errors import (
     ConnectionLostError,
     DNSError,
     PhalaKMSError,
+    PoolTimeoutError,
     TLSError,
     TransportError,
 )
 
-__all__ = ["RETRYABLE_STATUSES", "Retrier", "backoff", "is_retryable", "retry_delay"]
+__all__ = [
+    "RETRYABLE_STATUSES",
+    "Retrier",
+    "RetryBudget",
+    "backoff",
+    "budget_after_retry",
+    "budget_after_success",
+    "is_retryable",
+    "retry_delay",
+]
 
 T = TypeVar("T")
 
@@ -47,13 +59,14 @@ def is_retryable(error: PhalaKMSError) -> bool:
     mid-request, attempt timeouts, and statuses 408, 429, 500, 502, 503, 504, and 409
     without an ``error_code`` (a 409 with one is a deterministic business error).
     Never retried: DNS and TLS failures (a wrong host name or certificate does not fix
-    itself), other statuses, redirects, and bodies that do not decode.
+    itself), other statuses, redirects, bodies that do not decode, and
+    :class:`~phala_kms.errors.PoolTimeoutError` (nothing was sent: the server did not fail).
     """
     if isinstance(error, APIStatusError):
         if error.status == 409:
             return error.error_code is None
         return error.status in RETRYABLE_STATUSES
-    if isinstance(error, (DNSError, TLSError)):
+    if isinstance(error, (DNSError, TLSError, PoolTimeoutError)):
         return False
     return isinstance(error, (ConnectError, ConnectionLostError, APITimeoutError))
 
@@ -105,6 +118,75 @@ def retry_delay(
     return delay
 
 
+def budget_after_retry(tokens: float, cost: float) -> float | None:
+    """The tokens left after paying for one retry, or ``None`` when the budget cannot pay.
+
+    Args:
+        tokens: The tokens in the budget now.
+        cost: What one retry costs (``RetryPolicy.retry_cost``, > 0).
+    """
+    return tokens - cost if tokens >= cost else None
+
+
+def budget_after_success(tokens: float, capacity: float, *, retried_cost: float | None) -> float:
+    """The tokens after a call succeeds: 1 back, or the cost of its last retry if it retried.
+
+    Never above ``capacity`` (``RetryPolicy.retry_budget``).
+
+    Args:
+        tokens: The tokens in the budget now.
+        capacity: The budget's size.
+        retried_cost: What the call's last retry cost, or ``None`` when it succeeded at
+            its first attempt.
+    """
+    refill = 1.0 if retried_cost is None else retried_cost
+    return min(capacity, tokens + refill)
+
+
+@attrs.define
+class RetryBudget:
+    """The retry budget one client's calls share (see ``RetryPolicy.retry_budget``).
+
+    Attributes:
+        capacity: The budget's size in tokens, or ``None`` for no budget.
+        cost: Tokens one retry draws.
+        tokens: The tokens left (starts full).
+        denied: Retries refused because the budget could not pay.
+    """
+
+    capacity: float | None
+    cost: float
+    tokens: float = attrs.field()
+    denied: int = 0
+
+    @tokens.default
+    def _full(self) -> float:
+        return self.capacity or 0.0
+
+    @classmethod
+    def for_policy(cls, policy: RetryPolicy) -> RetryBudget:
+        """A full budget sized by ``policy``."""
+        return cls(policy.retry_budget, policy.retry_cost)
+
+    def draw(self) -> bool:
+        """Pay for one retry; ``False`` (and nothing paid) when the budget cannot."""
+        if self.capacity is None:
+            return True
+        left = budget_after_retry(self.tokens, self.cost)
+        if left is None:
+            self.denied += 1
+            return False
+        self.tokens = left
+        return True
+
+    def refill(self, *, retried: bool) -> None:
+        """A call succeeded (after retrying, if ``retried``): put tokens back."""
+        if self.capacity is not None:
+            self.tokens = budget_after_success(
+                self.tokens, self.capacity, retried_cost=self.cost if retried else None
+            )
+
+
 SleepFn = Callable[[float], Awaitable[None]]
 
 
@@ -120,12 +202,17 @@ class Retrier:
         sleep: Awaits a wait in seconds (``asyncio.sleep``).
         clock: Monotonic seconds (``time.monotonic``).
         rand: A draw from [0, 1) for jitter (``random.random``).
+        budget: The retry budget, shared by every call this retrier runs (a full one
+            sized by ``policy`` by default).
     """
 
     policy: RetryPolicy
     sleep: SleepFn = asyncio.sleep
     clock: Callable[[], float] = time.monotonic
     rand: Callable[[], float] = attrs.field(factory=lambda: random.Random().random)
+    budget: RetryBudget = attrs.field(
+        default=attrs.Factory(lambda self: RetryBudget.for_policy(self.policy), takes_self=True)
+    )
 
     async def run(
         self,
@@ -150,7 +237,7 @@ class Retrier:
 
         Raises:
             TransportError, APIResponseError: The last attempt's error, when it is not
-                retryable or the policy gives up.
+                retryable, or the policy or the retry budget gives up.
         """
         policy = self.policy
         started = self.clock()
@@ -162,7 +249,7 @@ class Retrier:
             if policy.deadline is not None:
                 limit = max(0.001, min(timeout, policy.deadline - (self.clock() - started)))
             try:
-                return await attempt(number, limit)
+                result = await attempt(number, limit)
             except (TransportError, APIResponseError) as err:
                 delay = retry_delay(
                     err,
@@ -173,6 +260,14 @@ class Retrier:
                 )
                 if delay is None:
                     raise
+                if not self.budget.draw():
+                    logger.info(
+                        "not retrying %s after %s: the client's retry budget is spent"
+                        " (too many failures lately)",
+                        describe,
+                        _short(err),
+                    )
+                    raise
                 logger.info(
                     "retrying %s in %.2f s (retry %d of %d) after %s",
                     describe,
@@ -181,6 +276,9 @@ class Retrier:
                     policy.max_retries,
                     _short(err),
                 )
+            else:
+                self.budget.refill(retried=number > 1)
+                return result
             await self.sleep(delay)
             number += 1
 

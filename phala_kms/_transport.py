@@ -14,15 +14,20 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Mapping
-from typing import Any
+import time
+import warnings
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, cast
 
 import aiohttp
 import attrs
 from yarl import URL
 
 from ._config import ClientConfig
-from ._constants import HEADER_API_KEY, HEADER_REQUEST_ID, HEADER_VERSION
+from ._constants import HEADER_API_KEY, HEADER_REQUEST_ID, HEADER_VERSION, MAX_ERROR_BODY_BYTES
+from ._pool import PoolSlots
+from ._secrets import RedactedStr
 from .errors import (
     APITimeoutError,
     ClientStateError,
@@ -32,6 +37,7 @@ from .errors import (
     ConnectRefusedError,
     DNSError,
     PhalaKMSError,
+    PoolTimeoutError,
     ResponseValidationError,
     TLSError,
     TransportError,
@@ -56,15 +62,126 @@ _LOST_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class _RedactedStr(str):
-    """The API key as sent: its ``repr`` is redacted, so it stays out of tracebacks that
-    capture local variables (Sentry, rich, pytest --showlocals) and out of aiohttp's
-    request_info reprs. Its value, and so the header on the wire, is unchanged."""
+def _trace_configs(value: object) -> tuple[aiohttp.TraceConfig, ...]:
+    if value is None:
+        return ()
+    items: tuple[object, ...] = (value,)
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
+        items = tuple(value)
+    if not all(isinstance(item, aiohttp.TraceConfig) for item in items):
+        raise ConfigurationError(
+            "trace_configs must be a sequence of aiohttp.TraceConfig"
+            " (e.g. opentelemetry's create_trace_config())",
+            setting="trace_configs",
+        )
+    return cast("tuple[aiohttp.TraceConfig, ...]", items)
 
-    __slots__ = ()
 
-    def __repr__(self) -> str:
-        return "'<redacted>'"
+_RedactedStr = RedactedStr
+"""The API key as sent (now defined in :mod:`phala_kms._secrets`): its ``repr`` is
+redacted, so it stays out of locals-capturing tracebacks and aiohttp's request_info."""
+
+
+def _close_transport_without_loop(transport: Any) -> None:
+    """Close a transport whose event loop is already closed (``transport.close()`` would
+    need that loop). asyncio keeps no public way to do it, so the private parts are
+    looked up and anything missing falls back to ``abort()``."""
+    inner = transport
+    ssl_protocol = getattr(transport, "_ssl_protocol", None)
+    if ssl_protocol is not None:  # TLS: the socket belongs to the transport underneath
+        with contextlib.suppress(AttributeError):
+            transport._closed = True  # what its __del__ checks before warning
+        inner = getattr(ssl_protocol, "_transport", None) or transport
+    sock = getattr(inner, "_sock", None)
+    connection_lost = getattr(inner, "_call_connection_lost", None)
+    if sock is None or not callable(connection_lost):
+        with contextlib.suppress(Exception):
+            inner.abort()
+        return
+    with contextlib.suppress(AttributeError):
+        inner._closing = True
+    # It closes the socket (in a finally) and tells the protocol, which may fail for
+    # want of the closed loop: the socket is what matters.
+    with contextlib.suppress(Exception):
+        connection_lost(None)
+    if getattr(inner, "_sock", None) is not None:
+        sock.close()
+        inner._sock = None
+
+
+def _close_connector_now(session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) -> bool:
+    """Close an owned session's connector from outside ``loop``, without awaiting.
+
+    With ``loop`` closed, every pooled and in-use socket is closed directly (aiohttp's
+    own close skips them then, leaving the sockets open). With ``loop`` running in
+    another thread, the close is handed to that loop. Otherwise the connector closes
+    at once. Relies on the connector's private synchronous ``_close()``; without it
+    nothing is done (aiohttp's own ``__del__`` then deals with the session).
+
+    Returns:
+        Whether the connector is closed (or its close is scheduled on ``loop``).
+    """
+    connector = session.connector
+    if connector is None or connector.closed:
+        return True
+    close = getattr(connector, "_close", None)
+    if not callable(close):
+        return False
+    try:
+        current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        current = None
+    if not loop.is_closed() and loop.is_running() and loop is not current:
+        try:
+            loop.call_soon_threadsafe(_close_connector_now, session, loop)
+        except RuntimeError:  # closed in the meantime: fall through to the closed path
+            pass
+        else:
+            return True
+    if loop.is_closed():
+        protocols: list[Any] = [
+            protocol
+            for entries in getattr(connector, "_conns", {}).values()
+            for protocol, *_ in entries
+        ]
+        protocols.extend(getattr(connector, "_acquired", ()))
+        transports = [getattr(p, "transport", None) for p in protocols]
+        transports.extend(getattr(connector, "_cleanup_closed_transports", ()))
+        for transport in transports:
+            if transport is not None:
+                _close_transport_without_loop(transport)
+    with contextlib.suppress(Exception):
+        close()  # marks the connector (so the session) closed; closes what it still can
+    return True
+
+
+def _reap_abandoned(
+    session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop, what: str
+) -> None:
+    """Run when a client is garbage-collected unclosed: one ResourceWarning that names
+    phala_kms, then a quiet close (so aiohttp's own "Unclosed client session" and
+    "Unclosed connector" warnings and asyncio error logs never fire). Closes first, so
+    a warning filter that turns the warning into an error cannot keep sockets open."""
+    try:
+        _close_connector_now(session, loop)
+    finally:
+        warnings.warn(
+            f"unclosed {what}; use `async with` or `await client.aclose()`"
+            " (phala_kms closed its connection pool)",
+            ResourceWarning,
+            stacklevel=2,
+        )
+
+
+def _pool_limit(max_connections: int, session: aiohttp.ClientSession | None) -> int:
+    """``max_connections``, lowered to a caller's session's connector limits (0: none)."""
+    limit = max_connections
+    connector = None if session is None else session.connector
+    for name in ("limit", "limit_per_host"):
+        value = getattr(connector, name, 0)
+        if isinstance(value, int) and value > 0:
+            limit = min(limit, value)
+    return limit
 
 
 def _redact_request_info(exc: BaseException) -> None:
@@ -103,12 +220,29 @@ class Transport:
         config: The validated client settings.
         session: A caller-owned ``aiohttp.ClientSession`` to use, or ``None`` to
             create (and later close) one on first use.
+        trace_configs: ``aiohttp.TraceConfig`` objects for the session this transport
+            creates (ignored with ``session``).
+        owner: The name of the client class, for the warning about a client
+            garbage-collected unclosed.
+
+    Raises:
+        ConfigurationError: An item of ``trace_configs`` is not an ``aiohttp.TraceConfig``.
     """
 
-    def __init__(self, config: ClientConfig, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(
+        self,
+        config: ClientConfig,
+        session: aiohttp.ClientSession | None = None,
+        *,
+        trace_configs: Iterable[aiohttp.TraceConfig] | None = None,
+        owner: str = "AsyncKMSClient",
+    ) -> None:
         self._config = config
         self._session = session
         self._owns_session = session is None
+        self._trace_configs = _trace_configs(trace_configs)
+        self._owner = owner
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._base = config.base_url
@@ -119,6 +253,10 @@ class Transport:
             total=config.timeout, sock_connect=config.connect_timeout
         )
         self._headers_by_version: dict[str, dict[str, str]] = {}
+        self.pool_limit = _pool_limit(config.max_connections, session)
+        """How many requests may hold a connection at once: ``max_connections``, or
+        less when a caller's session has a smaller connector limit."""
+        self._slots = PoolSlots(self.pool_limit)
 
     @property
     def closed(self) -> bool:
@@ -140,7 +278,7 @@ class Transport:
                     setting="api_key",
                 )
             headers = {
-                HEADER_API_KEY: _RedactedStr(self._config.api_key),
+                HEADER_API_KEY: RedactedStr(self._config.api_key),
                 HEADER_VERSION: version,
                 "User-Agent": self._config.user_agent,
                 "Accept": "application/json",
@@ -180,17 +318,44 @@ class Transport:
                 timeout=self._timeout,
                 raise_for_status=False,
                 trust_env=self._config.trust_env,
+                trace_configs=list(self._trace_configs) or None,
             )
+            # Garbage-collected unclosed: warn once, naming this SDK, and close quietly.
+            # The finalizer holds the session, so the garbage collector cannot reach
+            # (and finalize) the session before the finalizer has closed it.
+            self._finalizer = weakref.finalize(
+                self,
+                _reap_abandoned,
+                self._session,
+                loop,
+                f"phala_kms.{self._owner} for {self._base}",
+            )
+            self._finalizer.atexit = False  # at interpreter exit a pool dies with the process
         return self._session
 
     async def aclose(self) -> None:
-        """Close the owned session (a caller-provided one is left open). Idempotent."""
+        """Close the owned session (a caller-provided one is left open). Idempotent.
+
+        Works from any event loop: when the session's own loop is closed (an earlier
+        ``asyncio.run()``), its sockets are closed directly; when that loop runs in
+        another thread, the close is handed to it.
+        """
         if self._closed:
             return
         self._closed = True
         session, self._session = self._session, None
-        if session is not None and self._owns_session:
-            await session.close()
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        if session is None or not self._owns_session:
+            return
+        loop = self._loop
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        if loop is not None and loop is not current and _close_connector_now(session, loop):
+            return
+        await session.close()
 
     def _map_exception(
         self, exc: BaseException, *, url: str, timeout: float, attempts: int
@@ -238,12 +403,16 @@ class Transport:
         return TransportError(f"GET {url} failed: {type(exc).__name__}: {exc}", **where)
 
     async def _read_body(self, resp: aiohttp.ClientResponse, url: str, attempts: int) -> bytes:
-        """Read the body, at most ``max_response_bytes`` after decompression.
+        """Read the body: a success body up to ``max_response_bytes``, an error body
+        (status >= 300) up to ``MAX_ERROR_BODY_BYTES`` (64 KiB), after decompression.
 
-        An error status's body is cut at the limit (its status still decides the error);
-        a larger success body is a ResponseValidationError.
+        An error status's body is cut at its limit and the rest is never downloaded
+        (the connection is then closed, not reused); its status still decides the
+        error. A larger success body is a ResponseValidationError.
         """
         limit = self._config.max_response_bytes
+        if resp.status >= 300:
+            limit = min(limit, MAX_ERROR_BODY_BYTES)
         length = resp.content_length
         compressed = "Content-Encoding" in resp.headers
         if length is not None and length <= limit and not compressed:
@@ -253,12 +422,14 @@ class Transport:
             # can inflate to gigabytes).
             chunks = []
             size = 0
-            async for chunk in resp.content.iter_chunked(256 * 1024):
+            async for chunk in resp.content.iter_chunked(min(limit + 1, 256 * 1024)):
                 size += len(chunk)
                 if size > limit:
                     if resp.status >= 300:
                         chunks.append(chunk[: len(chunk) - (size - limit)])
                         return b"".join(chunks)
+                    chunks.clear()  # the error's traceback keeps this frame: not the body
+                    del chunk
                     break
                 chunks.append(chunk)
             else:
@@ -281,15 +452,26 @@ class Transport:
         params: Mapping[str, str] | None,
         timeout: float,
         attempts: int = 1,
+        deadline: float | None = None,
+        before_send: Callable[[float | None], Awaitable[object]] | None = None,
     ) -> RawResponse:
         """Send one GET to ``base_url + path`` and read the whole response.
+
+        The request first waits for a connection slot (at most ``pool_timeout``, and
+        not past ``deadline``); ``timeout`` starts only once it holds one, so a request
+        queued behind a full pool is never timed out before it is sent.
 
         Args:
             path: The path below the base URL, already quoted, starting with ``/``.
             headers: From :meth:`headers`.
             params: Query parameters, already validated and stringified.
-            timeout: This attempt's limit, in seconds.
+            timeout: This attempt's limit once it holds a connection slot, in seconds.
             attempts: This attempt's number (from 1), carried by any error raised.
+            deadline: A ``time.monotonic()`` moment that neither the wait for a slot
+                nor the request may pass, or ``None``.
+            before_send: Awaited with ``deadline`` once the slot is held, right before
+                the request (the client's rate limiting); its wait is not part of
+                ``timeout``.
 
         Returns:
             The raw response, redirects and error statuses included.
@@ -297,10 +479,72 @@ class Transport:
         Raises:
             ClientStateError: The client is closed (also while the request was in
                 flight) or bound to another event loop.
+            PoolTimeoutError: No slot came free in time (or ``before_send`` gave up);
+                nothing was sent.
             TransportError: No usable response.
             ResponseValidationError: A 2xx body over ``max_response_bytes``.
         """
         session = self._bind_session()
+        await self._acquire_slot(path, deadline, attempts)
+        try:
+            if before_send is not None:
+                await before_send(deadline)
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0.0:
+                    raise PoolTimeoutError(
+                        f"the call's deadline passed while GET {self._base + path} waited"
+                        " for a connection or the rate limit; it was not sent",
+                        method="GET",
+                        url=self._base + path,
+                        host=self._host,
+                        port=self._port,
+                        attempts=attempts,
+                    )
+                timeout = min(timeout, left)
+            return await self._send_held(
+                session, path, headers=headers, params=params, timeout=timeout, attempts=attempts
+            )
+        finally:
+            self._slots.release()
+
+    async def _acquire_slot(self, path: str, deadline: float | None, attempts: int) -> None:
+        limit = self._config.pool_timeout
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            limit = left if limit is None or left < limit else limit
+        try:
+            await self._slots.acquire(limit)
+        except asyncio.TimeoutError:
+            waited = (
+                f"pool_timeout={self._config.pool_timeout:g} s"
+                if limit == self._config.pool_timeout
+                else "the call's deadline"
+            )
+            raise PoolTimeoutError(
+                f"no connection to {self._host}:{self._port} came free within {waited}"
+                f" ({self.pool_limit} in use); GET {self._base + path} was not sent",
+                pool_timeout=self._config.pool_timeout
+                if limit == self._config.pool_timeout
+                else None,
+                method="GET",
+                url=self._base + path,
+                host=self._host,
+                port=self._port,
+                attempts=attempts,
+            ) from None
+
+    async def _send_held(
+        self,
+        session: aiohttp.ClientSession,
+        path: str,
+        *,
+        headers: Mapping[str, str],
+        params: Mapping[str, str] | None,
+        timeout: float,
+        attempts: int,
+    ) -> RawResponse:
+        """:meth:`send`, once a connection slot is held."""
         url = self._base + path
         request_timeout = (
             self._timeout

@@ -7,15 +7,17 @@ for: the trusted-signer lookup, verified keys, encryption, and the fan-out.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal, overload
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from ._constants import DEFAULT_CONCURRENCY, DEFAULT_MAX_AGE
-from ._endpoints import KMSEndpoints
-from ._fanout import ProgressCallback, fan_out
+from ._fanout import ProgressCallback, fan_out, stream_fan_out
 from ._params import app_id_hex, int_param, kms_segment
-from .errors import PhalaKMSError
-from .models import AppEnvEncryptPubKey, TrustedSigner
+from ._secrets import Hidden
+from ._trusted import TrustedKeyEndpoints
+from .errors import InvalidArgumentError, PhalaKMSError
+from .models import AppEnvEncryptPubKey, TrustedSigner, VerifiedAppEnvEncryptPubKey
 
 if TYPE_CHECKING:
     from .crypto import EnvVarsLike, SignerLike
@@ -23,12 +25,18 @@ if TYPE_CHECKING:
 __all__ = ["AsyncKMSClient", "ProgressCallback"]
 
 
-class AsyncKMSClient(KMSEndpoints):
+class AsyncKMSClient(TrustedKeyEndpoints):
     """An asyncio client for the Phala Cloud KMS API (``/api/v1/kms...``).
 
     Use it as an async context manager, or call :meth:`aclose` when done. One
     client holds one connection pool; share it across tasks (it is safe for
     concurrent use within its event loop) rather than creating one per request.
+    A client garbage-collected unclosed emits one ``ResourceWarning`` naming
+    ``phala_kms.AsyncKMSClient`` and closes its pool itself.
+
+    Each attempt is logged at DEBUG on the ``phala_kms`` logger (method, path,
+    status or error type, elapsed ms, attempt number, request id); each retry at
+    INFO. The API key is never logged, and never appears in an error or a ``repr``.
 
     Every method sends a GET with ``X-API-Key``, ``X-Phala-Version`` and
     ``User-Agent: phala-kms/<version>``, never follows redirects, retries only safe
@@ -65,80 +73,122 @@ class AsyncKMSClient(KMSEndpoints):
         trust_env: Honour ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` (and
             ``~/.netrc``) for the client's own session, as aiohttp's ``trust_env``
             does. Off by default, like aiohttp.
-        max_response_bytes: The largest response body read, in bytes after
-            decompression (default 16 MiB): a larger success body is a
-            ``ResponseValidationError``, a larger error body is cut there.
+        max_response_bytes: The largest success body read, in bytes after
+            decompression (default 16 MiB): a larger one is a
+            ``ResponseValidationError``. An error body (status >= 300) is read up to
+            64 KiB whatever this says, and the rest is never downloaded.
+        trace_configs: ``aiohttp.TraceConfig`` objects for the client's own session,
+            so aiohttp request tracing sees every attempt, e.g.
+            ``[opentelemetry.instrumentation.aiohttp_client.create_trace_config()]``
+            for one OpenTelemetry span per attempt. Not with ``session`` (give them
+            to that session instead).
+        pool_timeout: The longest wait for a free connection, in seconds, before a
+            :class:`~phala_kms.errors.PoolTimeoutError`, which is not retried
+            (nothing was sent). Default ``None``: wait as long as it takes. Either
+            way ``timeout`` starts only once a request holds a connection, so calls
+            queued behind a full pool are not timed out while they wait; a
+            ``RetryPolicy.deadline`` still bounds the whole call.
+        max_requests_per_second: A fixed cap on the send rate of the whole client,
+            for a known quota (at most 20 ms worth at once). Default
+            ``None``. Either way the client paces itself when the server throttles
+            it (see "Rate limits" below).
+
+    Rate limits:
+        A 429 (or a 503 with ``Retry-After``) holds back every new request of this
+        client until the ``Retry-After`` moment, not only the retry of the request
+        that got it. From the first throttle on, the client also paces its requests
+        at the rate it estimates the server accepts, and climbs back when the
+        throttling stops (see :mod:`phala_kms._throttle`). Retries draw from a
+        retry budget shared by the client (``RetryPolicy.retry_budget``), so an
+        outage does not multiply the load.
 
     Raises:
-        ConfigurationError: A setting is unusable (bad base URL, non-positive
-            timeout, both ``max_retries`` and ``retry_policy`` given, ``ssl_context``
-            together with ``session``, ...).
+        ConfigurationError: A setting is unusable (bad base URL, a non-``str`` or
+            non-ASCII API key, non-positive timeout, both ``max_retries`` and
+            ``retry_policy`` given, ``ssl_context`` or ``trace_configs`` together with
+            ``session``, an item of ``trace_configs`` that is not an
+            ``aiohttp.TraceConfig``, ...).
     """
 
     # ------------------------------------------------------------------ verified keys
 
     async def get_trusted_signer(
-        self, kms: str, *, api_version: str | None = None
+        self,
+        kms: str,
+        *,
+        sources: Iterable[str] = ("api",),
+        pinned: SignerLike | None = None,
+        rpc_url: str | None = None,
+        node_urls: Iterable[str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        api_version: str | None = None,
     ) -> TrustedSigner:
-        """Look up a KMS's root secp256k1 key (``k256_pubkey``) as the Cloud API reports it.
+        """Establish a KMS's root secp256k1 key (``k256_pubkey``) from independent sources
+        that must all agree (:mod:`phala_kms.anchors`).
 
-        ``GET /kms/{kms}`` as a contract (:meth:`get_kms_contract`); if no contract
-        has that name, as a node (:meth:`get_kms_info`), and when the node omits its
-        key, the key of the contract it serves (``GET /kms`` pages, matched by chain id
-        and contract address).
+        Sources, read in this order whatever the order given:
 
-        This trusts the Phala Cloud API, the same party that serves app keys: it
-        guards against corruption in transit and KMS mis-routing, not against the API
-        itself. A key pinned in your own configuration is a stronger anchor.
+        * ``"pinned"``: ``pinned``, a value from your own configuration;
+        * ``"api"`` (the default): ``GET /kms/{kms}`` as a contract
+          (:meth:`get_kms_contract`), else as a node (:meth:`get_kms_info`), and when
+          the node omits its key, the key of the contract it serves (``GET /kms``
+          pages, matched by chain id and contract address). This alone trusts the Phala
+          Cloud API, the same party that serves app keys;
+        * ``"chain"``: ``eth_call`` of the DstackKms contract's ``kmsInfo()`` at the
+          contract address of the API's contract view, over ``rpc_url``, after
+          ``eth_chainId`` matched the contract's ``chain_id`` (needs the ``[chain]``
+          extra);
+        * ``"node"``: ``POST {url}/prpc/GetMeta?json`` on every node of
+          :meth:`list_kms_contract_nodes` (or of ``node_urls``), its ``k256_pubkey``.
 
         Args:
             kms: A KMS slug or id (``"phala"``, ``"base"``, ``kms_...``).
-            api_version: Override the pinned ``X-Phala-Version`` of these calls.
+            sources: Which of ``"pinned"``, ``"api"``, ``"chain"``, ``"node"`` to ask.
+            pinned: The root key you recorded (or its Ethereum address), as bytes or
+                hex; required with ``"pinned"`` and refused without it.
+            rpc_url: The EVM JSON-RPC URL for ``"chain"``: ``https://``, or ``http://``
+                only to loopback.
+            node_urls: KMS node base URLs for ``"node"`` instead of the API's list.
+            ssl_context: TLS trust for ``rpc_url`` and the nodes (default: the
+                client's ``ssl_context``, else the system's; never unverified).
+            api_version: Override the pinned ``X-Phala-Version`` of the API calls.
 
         Returns:
-            A :class:`~phala_kms.models.TrustedSigner` with ``sources`` saying which
-            response gave the key; pass it as ``trusted_signer``.
+            A :class:`~phala_kms.models.TrustedSigner`: ``k256_pubkey`` the agreed key
+            (``"0x"`` + 66 lowercase hex, SEC1 compressed; the pinned address when
+            ``"pinned"`` is the only source and an address), ``sources`` one line per
+            agreeing source; pass it as ``trusted_signer``.
 
         Raises:
-            SignatureVerificationError: The API reports no ``k256_pubkey`` for this KMS
-                (``reason="invalid_trusted_signer"``).
-            InvalidArgumentError, NotFoundError, ConfigurationError, ClientStateError,
-            TransportError, APIStatusError, RedirectError, ResponseValidationError: as
-            in :meth:`get_kms_contract` and :meth:`get_kms_info`.
+            InvalidArgumentError: Unknown or empty ``sources``, ``pinned`` without
+                ``"pinned"`` (or the reverse), ``"chain"`` without ``rpc_url``, a
+                malformed URL; nothing is sent.
+            ConfigurationError: ``"chain"`` without ``eth-abi`` installed
+                (``pip install 'phala-kms[chain]'``).
+            SignatureVerificationError: ``reason="anchor_mismatch"`` (sources disagree;
+                ``sources`` lists each with its key), ``"invalid_trusted_signer"`` (a
+                malformed ``pinned``, or the API reports no key), ``"anchor_unavailable"``
+                (an off-chain KMS for ``"chain"``, a contract with no ``kmsInfo``, a
+                node with no key, no nodes), ``"wrong_chain"``, ``"malformed_anchor"``.
+            TransportError: The RPC or a node is unreachable (``ConnectRefusedError``,
+                ``TLSError``, ``APITimeoutError``, ...).
+            NotFoundError, ConfigurationError, ClientStateError, APIStatusError,
+            RedirectError, ResponseValidationError: as in :meth:`get_kms_contract` and
+            :meth:`get_kms_info`; a redirect, error status or garbage from the RPC or a
+            node too.
         """
-        from .errors import NotFoundError, SignatureVerificationError
+        from .anchors import resolve_trusted_signer
 
-        key: str | None
-        try:
-            key = (await self.get_kms_contract(kms, api_version=api_version)).k256_pubkey
-            source = f"api: GET /kms/{kms} (contract view) k256_pubkey"
-        except NotFoundError:
-            node = await self.get_kms_info(kms, api_version=api_version)
-            key = node.k256_pubkey
-            source = f"api: GET /kms/{kms} (node view) k256_pubkey"
-            if not key:  # the node omits it: take its contract's (same chain and address)
-                address = (node.kms_contract_address or "").lower()
-                async for contract in self.iter_kms_contracts(api_version=api_version):
-                    same = (
-                        contract.chain_id == node.chain_id
-                        and contract.contract_address.lower() == address
-                        if node.chain_id is not None
-                        else not contract.is_onchain
-                    )
-                    if same and contract.k256_pubkey:
-                        key = contract.k256_pubkey
-                        source = (
-                            "api: GET /kms (contract view) k256_pubkey of"
-                            f" {contract.slug or contract.id}, the contract node {kms} serves"
-                        )
-                        break
-        if not key:
-            raise SignatureVerificationError(
-                f"the API reports no k256_pubkey for KMS {kms!r}, so there is nothing to"
-                " verify against; pin the KMS root key instead",
-                reason="invalid_trusted_signer",
-            )
-        return TrustedSigner(k256_pubkey=key, sources=(source,))
+        return await resolve_trusted_signer(
+            self,
+            kms,
+            sources=sources,
+            pinned=pinned,
+            rpc_url=rpc_url,
+            node_urls=node_urls,
+            ssl_context=ssl_context,
+            api_version=api_version,
+        )
 
     async def get_verified_app_env_encrypt_pubkey(
         self,
@@ -147,15 +197,17 @@ class AsyncKMSClient(KMSEndpoints):
         *,
         trusted_signer: SignerLike,
         max_age: float = DEFAULT_MAX_AGE,
+        require_timestamped: bool = False,
         api_version: str | None = None,
-    ) -> AppEnvEncryptPubKey:
+    ) -> VerifiedAppEnvEncryptPubKey:
         """Fetch an app's env-encryption public key and prove the trusted KMS signed it.
 
         ``GET /kms/{kms}/pubkey/{app_id}``, then
         :func:`phala_kms.crypto.verify_app_env_encrypt_pubkey`: the timestamped
         ``signature_v1`` is checked (with freshness, ``max_age``) when the response
-        has one, else the legacy ``signature`` (which has no freshness and can be
-        replayed, but still binds the key to this app and KMS).
+        has one, and then only it (no fallback to the legacy form); else the legacy
+        ``signature`` (which has no freshness and can be replayed, but still binds the
+        key to this app and KMS), unless ``require_timestamped``.
 
         Where the trusted signer comes from is your choice, and it decides what you
         trust:
@@ -176,14 +228,22 @@ class AsyncKMSClient(KMSEndpoints):
                 uncompressed, as bytes or hex with optional ``0x``), its Ethereum
                 address, or a :class:`~phala_kms.models.TrustedSigner`.
             max_age: For timestamped signatures, the oldest accepted, in seconds.
+            require_timestamped: Refuse a key that offers only the legacy signature
+                (``SignatureVerificationError(reason="legacy_signature")``).
             api_version: Override the client's ``X-Phala-Version`` for this call.
 
         Returns:
-            The verified ``AppEnvEncryptPubKey``.
+            A :class:`~phala_kms.models.VerifiedAppEnvEncryptPubKey` saying what was
+            verified: ``public_key``, ``scheme`` (``"signature_v1"`` or
+            ``"signature"``), the recovered ``signer``, and ``timestamp`` only when the
+            timestamped signature was the one verified.
 
         Raises:
             SignatureVerificationError: The signature is malformed, stale, from the
-                future, or not by ``trusted_signer``; or ``trusted_signer`` itself is
+                future, or not by ``trusted_signer``; a ``timestamp`` comes without
+                ``signature_v1`` or the reverse (``reason="incomplete_signature_v1"``);
+                only the legacy form under ``require_timestamped``
+                (``reason="legacy_signature"``); or ``trusted_signer`` itself is
                 unusable (``reason="invalid_trusted_signer"``, raised before any request).
             The errors of :meth:`get_app_env_encrypt_pubkey`.
         """
@@ -191,8 +251,13 @@ class AsyncKMSClient(KMSEndpoints):
 
         check_trusted_signer(trusted_signer)  # an unusable signer fails before any request
         key = await self.get_app_env_encrypt_pubkey(kms, app_id, api_version=api_version)
-        verify_app_env_encrypt_pubkey(key, app_id, trusted_signer=trusted_signer, max_age=max_age)
-        return key
+        return verify_app_env_encrypt_pubkey(
+            key,
+            app_id,
+            trusted_signer=trusted_signer,
+            max_age=max_age,
+            require_timestamped=require_timestamped,
+        )
 
     async def encrypt_env_vars_for_app(
         self,
@@ -201,13 +266,22 @@ class AsyncKMSClient(KMSEndpoints):
         env_vars: EnvVarsLike,
         *,
         trusted_signer: SignerLike,
+        max_age: float = DEFAULT_MAX_AGE,
+        require_timestamped: bool = False,
+        allowed_envs: Iterable[str] | None = None,
+        allow_empty: bool = False,
+        check_registered: bool = False,
+        rpc_url: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         api_version: str | None = None,
     ) -> str:
         """Fetch and verify an app's key, then encrypt environment variables to it.
 
         :meth:`get_verified_app_env_encrypt_pubkey` followed by
-        :func:`phala_kms.encrypt_env_vars`. The env vars are checked first, so a bad
-        name fails before any request.
+        :func:`phala_kms.encrypt_env_vars`. The env vars are checked first (names,
+        types, and what the TEE accepts at boot: :mod:`phala_kms.tee`), so a bad
+        set fails before any request. With ``check_registered``, the KMS contract must
+        list the app (:meth:`check_app_registered`) before the key is fetched.
 
         Args:
             kms: A KMS id, slug, or type.
@@ -215,6 +289,15 @@ class AsyncKMSClient(KMSEndpoints):
             env_vars: A mapping of name to value, or an iterable of ``EnvVar`` or
                 ``(name, value)`` pairs (read once).
             trusted_signer: As in :meth:`get_verified_app_env_encrypt_pubkey`.
+            max_age, require_timestamped: As in
+                :meth:`get_verified_app_env_encrypt_pubkey`.
+            allowed_envs: The app compose's ``allowed_envs``: a name outside it is
+                refused (the TEE would silently drop it). ``None`` skips the check.
+            allow_empty: Accept an empty set of env vars.
+            check_registered: Require the KMS contract's ``registeredApps(app_id)``
+                to be true first (an ``eth_call`` over ``rpc_url``).
+            rpc_url: The EVM JSON-RPC URL for ``check_registered``.
+            ssl_context: TLS trust for ``rpc_url`` (default: the system's).
             api_version: Override the client's ``X-Phala-Version`` for this call.
 
         Returns:
@@ -222,16 +305,41 @@ class AsyncKMSClient(KMSEndpoints):
             :func:`phala_kms.encrypt_env_vars` for the layout).
 
         Raises:
-            InvalidArgumentError: A bad env var name or value type; nothing is sent.
+            InvalidArgumentError: A bad env var name or value type, an empty set
+                without ``allow_empty``, a TEE limit exceeded, a name outside
+                ``allowed_envs``, or ``check_registered`` without ``rpc_url``;
+                nothing is sent.
+            SignatureVerificationError: ``reason="app_not_registered"`` and the
+                other errors of :meth:`check_app_registered`.
             The errors of :meth:`get_verified_app_env_encrypt_pubkey`.
         """
         from .crypto import encrypt_env_plaintext, env_vars_plaintext
 
         # Build the plaintext once, before any request: env_vars may be a one-shot
-        # iterable, and what was checked must be exactly what is encrypted.
-        plaintext = env_vars_plaintext(env_vars)
+        # iterable, and what was checked must be exactly what is encrypted. env_vars
+        # leaves this frame first: any error raised through it would show its values
+        # to every traceback that captures locals (the plaintext's repr is redacted).
+        hidden = Hidden(env_vars)
+        del env_vars
+        plaintext = env_vars_plaintext(
+            hidden.value, allowed_envs=allowed_envs, allow_empty=allow_empty
+        )
+        del hidden
+        if check_registered:
+            if rpc_url is None:
+                raise InvalidArgumentError(
+                    "check_registered needs rpc_url (an EVM JSON-RPC URL)", argument="rpc_url"
+                )
+            await self.check_app_registered(
+                kms, app_id, rpc_url=rpc_url, ssl_context=ssl_context, api_version=api_version
+            )
         key = await self.get_verified_app_env_encrypt_pubkey(
-            kms, app_id, trusted_signer=trusted_signer, api_version=api_version
+            kms,
+            app_id,
+            trusted_signer=trusted_signer,
+            max_age=max_age,
+            require_timestamped=require_timestamped,
+            api_version=api_version,
         )
         return encrypt_env_plaintext(plaintext, key.public_key_bytes)
 
@@ -297,12 +405,19 @@ class AsyncKMSClient(KMSEndpoints):
 
         Returns:
             One entry per input id, in input order (duplicates share one result).
+            Every error carries ``app_id`` (the id as fetched: 40 lowercase hex) and
+            ``kms``.
 
         Raises:
             InvalidArgumentError: ``concurrency`` < 1, a malformed ``kms``, or (when
                 ``return_exceptions`` is ``False``) a malformed app id; nothing is sent.
             PhalaKMSError: With ``return_exceptions=False``, the first failure of any
-                request, as raised by :meth:`get_app_env_encrypt_pubkey`.
+                request, as raised by :meth:`get_app_env_encrypt_pubkey`, with
+                ``app_id`` and ``kms`` set; its message ends with the id and what became
+                of the rest of the batch (how many other ids failed, how many requests
+                in flight were cancelled, how many ids were not started).
+            CallbackError: ``on_progress`` raised (its exception is chained); the batch
+                was stopped.
         """
         return await self._fan_out(
             kms, app_ids, None, DEFAULT_MAX_AGE, concurrency, return_exceptions, on_progress,
@@ -317,11 +432,12 @@ class AsyncKMSClient(KMSEndpoints):
         *,
         trusted_signer: SignerLike,
         max_age: float = ...,
+        require_timestamped: bool = ...,
         concurrency: int = ...,
         return_exceptions: Literal[False] = ...,
         on_progress: ProgressCallback | None = ...,
         api_version: str | None = ...,
-    ) -> list[AppEnvEncryptPubKey]: ...
+    ) -> list[VerifiedAppEnvEncryptPubKey]: ...
 
     @overload
     async def get_verified_app_env_encrypt_pubkeys(
@@ -331,11 +447,12 @@ class AsyncKMSClient(KMSEndpoints):
         *,
         trusted_signer: SignerLike,
         max_age: float = ...,
+        require_timestamped: bool = ...,
         concurrency: int = ...,
         return_exceptions: Literal[True],
         on_progress: ProgressCallback | None = ...,
         api_version: str | None = ...,
-    ) -> list[AppEnvEncryptPubKey | PhalaKMSError]: ...
+    ) -> list[VerifiedAppEnvEncryptPubKey | PhalaKMSError]: ...
 
     async def get_verified_app_env_encrypt_pubkeys(
         self,
@@ -344,11 +461,12 @@ class AsyncKMSClient(KMSEndpoints):
         *,
         trusted_signer: SignerLike,
         max_age: float = DEFAULT_MAX_AGE,
+        require_timestamped: bool = False,
         concurrency: int = DEFAULT_CONCURRENCY,
         return_exceptions: bool = False,
         on_progress: ProgressCallback | None = None,
         api_version: str | None = None,
-    ) -> list[AppEnvEncryptPubKey] | list[AppEnvEncryptPubKey | PhalaKMSError]:
+    ) -> list[VerifiedAppEnvEncryptPubKey] | list[VerifiedAppEnvEncryptPubKey | PhalaKMSError]:
         """Fetch many apps' env-encryption public keys concurrently and verify each one.
 
         :meth:`get_app_env_encrypt_pubkeys`, with every key verified as in
@@ -363,11 +481,14 @@ class AsyncKMSClient(KMSEndpoints):
                 ``None`` is refused, so a missing ``k256_pubkey`` cannot disable
                 verification.
             max_age: The oldest timestamped signature accepted, in seconds.
+            require_timestamped: Refuse keys offering only the legacy signature
+                (``reason="legacy_signature"``).
             concurrency, return_exceptions, on_progress, api_version: As in
                 :meth:`get_app_env_encrypt_pubkeys`.
 
         Returns:
-            One verified key (or error) per input id, in input order.
+            One :class:`~phala_kms.models.VerifiedAppEnvEncryptPubKey` (or error) per
+            input id, in input order.
 
         Raises:
             SignatureVerificationError: ``trusted_signer`` is unusable, ``None``
@@ -380,8 +501,118 @@ class AsyncKMSClient(KMSEndpoints):
         check_trusted_signer(trusted_signer)  # None raises: fail closed, before any request
         return await self._fan_out(
             kms, app_ids, trusted_signer, max_age, concurrency, return_exceptions, on_progress,
-            api_version,
+            api_version, require_timestamped,
         )  # fmt: skip
+
+    # ------------------------------------------------------------------ streaming fan-out
+
+    async def iter_app_env_encrypt_pubkeys(
+        self,
+        kms: str,
+        app_ids: Iterable[str],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        api_version: str | None = None,
+    ) -> AsyncIterator[tuple[str, AppEnvEncryptPubKey | PhalaKMSError]]:
+        """Fetch many apps' env-encryption public keys, **unverified**, yielding each as it
+        finishes: for batches too large to hold, or to act on keys as they arrive.
+
+        One ``GET /kms/{kms}/pubkey/{app_id}`` per id, at most ``concurrency`` in
+        flight (never more than the connection pool allows). ``app_ids`` is read
+        lazily, one id whenever a request finishes, and nothing is kept once
+        yielded, so memory stays O(``concurrency``) for any number of ids (pass a
+        generator for millions). Ids are **not** de-duplicated: an id given twice is
+        fetched and yielded twice. Results come in completion order, not input
+        order. Stopping early cancels the requests in flight and reads no more ids;
+        close the iterator when you stop (``contextlib.aclosing``) to have that
+        happen at once rather than when it is garbage-collected.
+
+        Args:
+            kms: A KMS id, slug, or type (``"phala"``, ``"ethereum"``, ``"base"``).
+            app_ids: The app ids (40 hex characters each, ``0x`` optional), read once.
+            concurrency: The most requests in flight at once, >= 1.
+            api_version: Override the client's ``X-Phala-Version`` for these calls.
+
+        Yields:
+            ``(app_id, key_or_error)`` per input id, ``app_id`` exactly as given. A
+            failure is yielded, not raised: its typed
+            :class:`~phala_kms.errors.PhalaKMSError` (an ``InvalidArgumentError``,
+            never sent, for a malformed id), with ``app_id`` and ``kms`` set.
+
+        Raises:
+            InvalidArgumentError: ``concurrency`` < 1 or a malformed ``kms``, at the
+                first step, before any request.
+        """
+        fetch = self._pubkey_fetch(kms, None, DEFAULT_MAX_AGE, concurrency, api_version, False)
+        stream = stream_fan_out(
+            app_ids,
+            fetch,
+            normalise=app_id_hex,
+            workers=min(concurrency, self._pool_limit),
+            kms=kms,
+        )
+        try:
+            async for app_id, result in stream:
+                yield cast(str, app_id), result
+        finally:
+            await stream.aclose()
+
+    async def iter_verified_app_env_encrypt_pubkeys(
+        self,
+        kms: str,
+        app_ids: Iterable[str],
+        *,
+        trusted_signer: SignerLike,
+        max_age: float = DEFAULT_MAX_AGE,
+        require_timestamped: bool = False,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        api_version: str | None = None,
+    ) -> AsyncIterator[tuple[str, VerifiedAppEnvEncryptPubKey | PhalaKMSError]]:
+        """Fetch many apps' env-encryption public keys and verify each, yielding each as it
+        finishes: :meth:`iter_app_env_encrypt_pubkeys` with the verification of
+        :meth:`get_verified_app_env_encrypt_pubkeys`.
+
+        A key that does not verify is yielded as its
+        :class:`~phala_kms.errors.SignatureVerificationError` (with ``app_id`` and
+        ``kms`` set). Memory, ordering, duplicates and stopping early are as in
+        :meth:`iter_app_env_encrypt_pubkeys`.
+
+        Args:
+            kms: A KMS id, slug, or type (``"phala"``, ``"ethereum"``, ``"base"``).
+            app_ids: The app ids (40 hex characters each, ``0x`` optional), read once.
+            trusted_signer: As in :meth:`get_verified_app_env_encrypt_pubkey`; ``None``
+                is refused.
+            max_age: The oldest timestamped signature accepted, in seconds.
+            require_timestamped: Refuse keys offering only the legacy signature.
+            concurrency: The most requests in flight at once, >= 1.
+            api_version: Override the client's ``X-Phala-Version`` for these calls.
+
+        Yields:
+            ``(app_id, verified_key_or_error)`` per input id, ``app_id`` as given.
+
+        Raises:
+            SignatureVerificationError: ``trusted_signer`` is unusable, at the first
+                step, before any request (``reason="invalid_trusted_signer"``).
+            InvalidArgumentError: ``concurrency`` < 1 or a malformed ``kms``, likewise.
+        """
+        from .crypto import check_trusted_signer
+
+        check_trusted_signer(trusted_signer)  # None raises: fail closed, before any request
+        fetch = self._pubkey_fetch(
+            kms, trusted_signer, max_age, concurrency, api_version, require_timestamped
+        )
+        stream = stream_fan_out(
+            app_ids,
+            fetch,
+            normalise=app_id_hex,
+            workers=min(concurrency, self._pool_limit),
+            kms=kms,
+        )
+        try:
+            async for app_id, result in stream:
+                yield cast(str, app_id), result
+        finally:
+            await stream.aclose()
 
     async def _fan_out(
         self,
@@ -393,24 +624,11 @@ class AsyncKMSClient(KMSEndpoints):
         return_exceptions: bool,
         on_progress: ProgressCallback | None,
         api_version: str | None,
-    ) -> list[AppEnvEncryptPubKey] | list[AppEnvEncryptPubKey | PhalaKMSError]:
-        int_param(concurrency, "concurrency", 1)
-        segment = kms_segment(kms, "kms")
-        version = self._version(api_version)
-
-        async def fetch(app: str) -> AppEnvEncryptPubKey:
-            # ids were checked once up front: no second validation per request
-            key = await self._get(
-                f"/kms/{segment}/pubkey/{app}", AppEnvEncryptPubKey, version=version
-            )
-            if trusted_signer is not None:
-                from .crypto import verify_app_env_encrypt_pubkey
-
-                verify_app_env_encrypt_pubkey(
-                    key, app, trusted_signer=trusted_signer, max_age=max_age
-                )
-            return key
-
+        require_timestamped: bool = False,
+    ) -> list[Any]:
+        fetch = self._pubkey_fetch(
+            kms, trusted_signer, max_age, concurrency, api_version, require_timestamped
+        )
         return await fan_out(
             app_ids,
             fetch,
@@ -419,4 +637,38 @@ class AsyncKMSClient(KMSEndpoints):
             return_exceptions=return_exceptions,
             on_progress=on_progress,
             argument="app_ids",
+            kms=kms,
         )
+
+    def _pubkey_fetch(
+        self,
+        kms: str,
+        trusted_signer: SignerLike | None,
+        max_age: float,
+        concurrency: int,
+        api_version: str | None,
+        require_timestamped: bool,
+    ) -> Callable[[str], Awaitable[Any]]:
+        """Check the fan-out's arguments; the fetch (and verification) of one normalised id."""
+        int_param(concurrency, "concurrency", 1)
+        segment = kms_segment(kms, "kms")
+        version = self._version(api_version)
+
+        async def fetch(app: str) -> AppEnvEncryptPubKey | VerifiedAppEnvEncryptPubKey:
+            # ids were checked once up front: no second validation per request
+            key = await self._get(
+                f"/kms/{segment}/pubkey/{app}", AppEnvEncryptPubKey, version=version
+            )
+            if trusted_signer is not None:
+                from .crypto import verify_app_env_encrypt_pubkey
+
+                return verify_app_env_encrypt_pubkey(
+                    key,
+                    app,
+                    trusted_signer=trusted_signer,
+                    max_age=max_age,
+                    require_timestamped=require_timestamped,
+                )
+            return key
+
+        return fetch

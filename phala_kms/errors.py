@@ -11,13 +11,16 @@ a response that did arrive (:class:`APIResponseError`)::
     ├── ClientStateError              client closed, bound to another event loop, or called
     │                                 from its own portal thread
     ├── SignatureVerificationError    a public key's secp256k1 signature did not verify
+    ├── CallbackError                 a callback you passed (``on_progress``) raised
     ├── TransportError                no usable HTTP response (host, port)
     │   ├── ConnectError              could not open a connection
     │   │   ├── DNSError              the host name did not resolve
     │   │   ├── ConnectRefusedError   the host refused the TCP connection
     │   │   └── TLSError              TLS handshake or certificate verification failed
     │   ├── ConnectionLostError       the connection dropped before the response was complete
-    │   └── APITimeoutError           an attempt exceeded its timeout (also a builtin TimeoutError)
+    │   ├── APITimeoutError           an attempt exceeded its timeout (also a builtin TimeoutError)
+    │   └── PoolTimeoutError          nothing could be sent in time: no free connection within
+    │                                 ``pool_timeout``, or the deadline came first (a TimeoutError)
     └── APIResponseError              a response arrived but is not a usable result
         ├── RedirectError             a 3xx (never followed: it could leak the API key)
         ├── ResponseValidationError   a 2xx body that is not JSON or does not fit the model
@@ -53,6 +56,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "CallbackError",
     "ClientStateError",
     "ConfigurationError",
     "ConflictError",
@@ -64,6 +68,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "PhalaKMSError",
+    "PoolTimeoutError",
     "RateLimitError",
     "RedirectError",
     "ResponseValidationError",
@@ -83,10 +88,22 @@ class PhalaKMSError(Exception):
     as plain instance attributes. Pickling (and ``copy``) rebuilds an error from its
     ``args`` plus its ``__dict__`` without calling ``__init__``, so every subclass
     crosses thread and process boundaries unchanged.
+
+    Attributes:
+        app_id: In a fan-out, the app id (40 lowercase hex, as fetched; a malformed one
+            as given) whose fetch or verification failed; ``None`` elsewhere.
+        kms: In a fan-out, the ``kms`` argument of the call; ``None`` elsewhere.
     """
 
-    def __init__(self, message: str) -> None:
+    app_id: str | None = None
+    kms: str | None = None
+
+    def __init__(self, message: str, *, app_id: str | None = None, kms: str | None = None) -> None:
         super().__init__(message)
+        if app_id is not None:
+            self.app_id = app_id
+        if kms is not None:
+            self.kms = kms
 
     @property
     def message(self) -> str:
@@ -149,20 +166,46 @@ class ClientStateError(PhalaKMSError, RuntimeError):
     """
 
 
+class CallbackError(PhalaKMSError):
+    """A callback passed to phala-kms raised; the batch it reported on was stopped.
+
+    The callback's own exception is chained as ``__cause__``. It is not the failure of
+    any request, so it carries no ``app_id``.
+
+    Attributes:
+        callback: The parameter the callback was passed as, e.g. ``"on_progress"``.
+    """
+
+    def __init__(self, message: str, *, callback: str = "on_progress") -> None:
+        super().__init__(message)
+        self.callback = callback
+
+
 class SignatureVerificationError(PhalaKMSError):
     """A public key's signature did not prove it came from the trusted KMS.
 
     Raised for malformed hex, wrong lengths, an unrecoverable signature, a
-    signer that is not the trusted one, and a stale or future timestamp.
+    signer that is not the trusted one, a stale or future timestamp, a downgrade to
+    the legacy signature that the caller refused, and a trust anchor (the KMS root
+    key) that its sources could not establish or did not agree on.
     Verification fails closed: this is raised rather than returning on any doubt.
 
     Attributes:
         reason: A short machine-readable reason: ``"malformed"``, ``"high_s"``,
             ``"unrecoverable"``, ``"signer_mismatch"``, ``"stale_timestamp"``,
-            ``"future_timestamp"``, ``"invalid_trusted_signer"`` or ``"invalid_argument"``.
+            ``"future_timestamp"``, ``"invalid_trusted_signer"``, ``"invalid_argument"``,
+            ``"legacy_signature"`` (only the replayable legacy form was offered and
+            ``require_timestamped`` was set), ``"incomplete_signature_v1"`` (a
+            ``timestamp`` without ``signature_v1`` or the reverse), or, for trust
+            anchors: ``"anchor_mismatch"`` (sources disagree), ``"anchor_unavailable"``
+            (a source has no key), ``"malformed_anchor"`` (a source's answer cannot be
+            decoded), ``"wrong_chain"`` (the RPC serves another chain) and
+            ``"app_not_registered"`` (the KMS contract does not list the app).
         argument: The input at fault for ``"malformed"``/``"invalid_argument"``, or ``None``.
         signer: For ``"signer_mismatch"``, the recovered signer (``0x`` + 66 hex), or ``None``.
         age: For timestamp failures, the signature's age in seconds (negative: future).
+        sources: For trust-anchor failures, the sources concerned, one line each
+            (for ``"anchor_mismatch"``: every source with the key it reported).
     """
 
     def __init__(
@@ -173,12 +216,14 @@ class SignatureVerificationError(PhalaKMSError):
         argument: str | None = None,
         signer: str | None = None,
         age: float | None = None,
+        sources: tuple[str, ...] = (),
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.argument = argument
         self.signer = signer
         self.age = age
+        self.sources = sources
 
 
 # --------------------------------------------------------------------------- transport
@@ -257,6 +302,31 @@ class APITimeoutError(TransportError, TimeoutError):
         self.timeout = timeout
 
 
+class PoolTimeoutError(TransportError, TimeoutError):
+    """Nothing could be sent in time, so nothing was sent.
+
+    Raised when no connection of the pool became free within ``pool_timeout``, or when
+    the call's ``RetryPolicy.deadline`` would pass first while waiting for a connection,
+    for the server's ``Retry-After`` or for the client's rate limit. The server did not
+    fail, so it is never retried. Also a builtin ``TimeoutError``; not an
+    :class:`APITimeoutError` (which means a request that was sent took too long).
+
+    Attributes:
+        pool_timeout: The ``pool_timeout`` that ran out, in seconds, or ``None`` when
+            the deadline did.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        pool_timeout: float | None = None,
+        **kwargs: Unpack[_TransportFields],
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.pool_timeout = pool_timeout
+
+
 # --------------------------------------------------------------------------- responses
 
 
@@ -268,9 +338,10 @@ class APIResponseError(PhalaKMSError):
         method: The HTTP method, e.g. ``"GET"``.
         url: The request URL.
         request_id: The request id: the body's ``request_id`` when present, else
-            the ``X-Request-ID`` response header, else ``None``.
+            the ``X-Request-ID`` response header, else ``None``; at most 1 KiB
+            (a longer one is cut and ends in ``…``).
         body: The raw response body decoded as UTF-8 (invalid bytes replaced),
-            truncated to 64 KiB.
+            truncated to 64 KiB (an error body is never read past 64 KiB).
         attempts: How many attempts were made, including the one that gave this response.
     """
 
@@ -379,12 +450,16 @@ class APIStatusError(APIResponseError):
     ``detail``), ``{"message": "..."}``, or HTML/plain text from a proxy.
 
     ``str(err)`` (and ``err.message``) is a full, readable sentence: status, the
-    server's message, error code, request id, method and URL.
+    server's message, error code, request id, method and URL; at most 1 KiB (the
+    server's message is cut first, so the URL stays). Every text attribute is bounded
+    too, whatever the server sent.
 
     Attributes:
         server_message: The server's own message alone, e.g. ``"KMS not found"`` (for
-            a 422, a summary of the validation errors; for HTML, its title), or ``None``.
-        error_code: The structured error code, e.g. ``"ERR-02-011"``, or ``None``.
+            a 422, a summary of the validation errors; for HTML, its title), or ``None``;
+            at most 1 KiB, a longer one cut and ending in ``…``.
+        error_code: The structured error code, e.g. ``"ERR-02-011"``, or ``None``; at
+            most 1 KiB.
         details: The structured ``details`` list as sent, e.g.
             ``({"field": "kms_id", "value": ..., "message": None},)``.
         suggestions: The structured ``suggestions``, e.g. ``("List available KMS with GET /kms",)``.

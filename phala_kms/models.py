@@ -20,10 +20,13 @@ import attrs
 
 __all__ = [
     "AppEnvEncryptPubKey",
+    "CVMInfo",
+    "CVMKMSInfo",
     "KMSContract",
     "KMSContractNode",
     "KMSContractNodes",
     "KMSInfo",
+    "KMSNodeMeta",
     "KMSOnChainDetail",
     "NextAppID",
     "NextAppIDs",
@@ -32,6 +35,7 @@ __all__ = [
     "OnChainOSImage",
     "Paginated",
     "TrustedSigner",
+    "VerifiedAppEnvEncryptPubKey",
 ]
 
 T = TypeVar("T")
@@ -362,11 +366,123 @@ class TrustedSigner:
     ``trusted_signer`` is.
 
     Attributes:
-        k256_pubkey: The root key as the source reported it: hex (``0x`` optional) of a
-            SEC1 compressed (33 bytes) or uncompressed (65 bytes) secp256k1 key.
-        sources: One line per source that reported it, e.g.
+        k256_pubkey: The agreed root key: ``"0x"`` + 66 lowercase hex (SEC1 compressed
+            secp256k1), or, when a pinned Ethereum address was the only source, that
+            address (``"0x"`` + 40 hex).
+        sources: One line per source that agreed on it, in the order read
+            (``pinned``, ``api``, ``chain``, ``node``), e.g.
             ``("api: GET /kms/phala (contract view) k256_pubkey",)``.
     """
 
     k256_pubkey: str
     sources: tuple[str, ...]
+
+
+@attrs.frozen(kw_only=True)
+class VerifiedAppEnvEncryptPubKey:
+    """An app's env-encryption public key whose signature was checked, and exactly what
+    was checked (nothing unverified is carried over from the response).
+
+    Made by ``get_verified_app_env_encrypt_pubkey`` (and its fan-out and node twins)
+    and :func:`phala_kms.crypto.verify_app_env_encrypt_pubkey`.
+
+    Attributes:
+        public_key: 64 lowercase hex characters: the 32-byte X25519 public key.
+        app_id: 40 lowercase hex characters: the app id the signature binds the key to.
+        scheme: ``"signature_v1"`` when the timestamped signature was verified (with
+            freshness), ``"signature"`` when only the legacy, replayable one was.
+        signature: 130 hex characters: the signature that was verified (the
+            ``signature_v1`` for that scheme, else the legacy ``signature``).
+        signer: The recovered signer: ``"0x"`` + 66 hex, SEC1 compressed; it matched
+            the trusted signer.
+        timestamp: The signed Unix time in seconds when ``scheme`` is
+            ``"signature_v1"``; ``None`` for the legacy scheme (an unsigned
+            ``timestamp`` in the response is never reported here).
+    """
+
+    public_key: str
+    app_id: str
+    scheme: str
+    signature: str
+    signer: str
+    timestamp: int | None = None
+
+    @property
+    def public_key_bytes(self) -> bytes:
+        """The 32-byte X25519 public key."""
+        return bytes.fromhex(self.public_key)
+
+    @property
+    def timestamped(self) -> bool:
+        """Whether the timestamped ``signature_v1`` (bounded replay window) was verified."""
+        return self.scheme == "signature_v1"
+
+
+@attrs.frozen(kw_only=True)
+class KMSNodeMeta:
+    """A KMS node's own metadata (``POST {node_url}/prpc/GetMeta?json``), unverified.
+
+    Field names and encodings are the dstack KMS's ``GetMetaResponse`` (bytes as hex);
+    source: Dstack-TEE/dstack ``kms/rpc/proto/kms_rpc.proto`` and
+    ``kms/src/main_service.rs::get_meta``.
+
+    Attributes:
+        k256_pubkey: The node's root secp256k1 key as hex (SEC1 compressed, 33 bytes),
+            or ``None`` when not sent.
+        ca_cert: The KMS CA certificate (PEM), or ``None``.
+        allow_any_upgrade: Whether the KMS runs with a dev auth policy, or ``None``.
+        is_dev: Whether the KMS is a development instance, or ``None``.
+        chain_id: The chain of its KMS contract, or ``None`` (off-chain).
+        kms_contract_address: Its KMS contract address, or ``None``.
+        gateway_app_id: The trusted gateway's app id, or ``None``.
+        app_auth_implementation: The app-auth implementation address, or ``None``.
+        extra: Response fields this version does not know, as sent
+            (e.g. ``bootstrap_info``).
+    """
+
+    k256_pubkey: str | None = None
+    ca_cert: str | None = None
+    allow_any_upgrade: bool | None = None
+    is_dev: bool | None = None
+    chain_id: int | None = None
+    kms_contract_address: str | None = None
+    gateway_app_id: str | None = None
+    app_auth_implementation: str | None = None
+    extra: Mapping[str, Any] = _extra()
+
+
+@attrs.frozen(kw_only=True)
+class CVMKMSInfo:
+    """The KMS a CVM's environment is encrypted for (the ``kms_info`` of ``GET /cvms/{id}``).
+
+    Only what picking and checking the KMS needs is modelled; every other field is
+    kept in ``extra``. Source: Phala-Network/phala-cloud ``js/src/types/kms_info.ts``
+    (``KmsInfoSchema``) and ``python/src/phala_cloud/models/cvms.py``.
+
+    Attributes:
+        id: The KMS id, e.g. ``"kms_abc123"``, or ``None``.
+        slug: The KMS slug, e.g. ``"phala"`` or ``"kms-base-prod7"``, or ``None``.
+        k256_pubkey: The KMS root key as the API reports it for this CVM, or ``None``.
+        extra: Every other field, as sent (``url``, ``chain_id``,
+            ``encrypted_env_pubkey``, ...).
+    """
+
+    id: str | None = None
+    slug: str | None = None
+    k256_pubkey: str | None = None
+    extra: Mapping[str, Any] = _extra()
+
+
+@attrs.frozen(kw_only=True)
+class CVMInfo:
+    """One CVM (``GET /cvms/{cvm_id}``), as far as encrypting its environment needs.
+
+    Attributes:
+        app_id: The CVM's app id (hex, as sent), or ``None``.
+        kms_info: The KMS its environment is encrypted for, or ``None``.
+        extra: Every other field, as sent (``id``, ``name``, ``status``, ...).
+    """
+
+    app_id: str | None = None
+    kms_info: CVMKMSInfo | None = None
+    extra: Mapping[str, Any] = _extra()

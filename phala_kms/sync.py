@@ -21,32 +21,39 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import os
 import ssl
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 
 import anyio
 from anyio.from_thread import BlockingPortal
 
 from ._constants import (
+    DEFAULT_CONCURRENCY,
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_AGE,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
 )
-from ._pagination import walk_pages
+from ._pagination import check_max_pages, walk_pages
+from ._secrets import redact_key
 from .client import AsyncKMSClient
-from .errors import ClientStateError
-from .models import KMSContract, KMSInfo
+from .errors import ClientStateError, PhalaKMSError
+from .models import AppEnvEncryptPubKey, KMSContract, KMSInfo, VerifiedAppEnvEncryptPubKey
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from ._config import ClientConfig, RetryPolicy
+    from .crypto import SignerLike
 
 __all__ = ["KMSClient"]
 
@@ -159,6 +166,7 @@ BLOCKING_REWRITES: tuple[tuple[str, str], ...] = (
     ),
     ("Yield every", "Iterate over every"),
     ("Yields:", "Returns:\n            An iterator of"),
+    ("(``contextlib.aclosing``)", "(``contextlib.closing``, or its ``close()``)"),
 )
 """How an ``AsyncKMSClient`` docstring is rewritten for its blocking twin: every
 phrase that only holds for async callers (``await``, the event loop) is replaced."""
@@ -186,6 +194,10 @@ def _blocking(
             coro = method(client, *args, **kwargs)  # binds the arguments, runs nothing
         except TypeError as exc:  # wrong arguments: name the class the caller used
             raise TypeError(str(exc).replace("AsyncKMSClient.", "KMSClient.", 1)) from None
+        # The coroutine holds the arguments now. Drop them from this frame: an error
+        # raised through it would otherwise show them (env-var values included) to
+        # every traceback that captures locals.
+        del args, kwargs
         return self._run(loop, coro)
 
     call.__doc__ = blocking_doc(method.__doc__)
@@ -210,10 +222,21 @@ class KMSClient:
         max_connections: The connection pool size (default 100).
         ssl_context: An ``ssl.SSLContext`` to trust a private CA (default: the system's).
         trust_env: Honour ``HTTP(S)_PROXY``/``NO_PROXY`` and ``~/.netrc`` (default off).
-        max_response_bytes: The largest response body read, in bytes (default 16 MiB).
+        max_response_bytes: The largest success body read, in bytes (default 16 MiB;
+            an error body is read up to 64 KiB).
+        trace_configs: ``aiohttp.TraceConfig`` objects for the client's session, e.g.
+            OpenTelemetry's ``create_trace_config()``; their callbacks run on the
+            client's loop thread, once per attempt.
+        pool_timeout: The longest wait for a free connection, in seconds, before a
+            ``PoolTimeoutError`` (default ``None``: wait as long as it takes). The
+            ``timeout`` of an attempt starts only once it holds a connection.
+        max_requests_per_second: A fixed cap on the client's send rate, for a known
+            quota (default ``None``: only the server's throttling paces the client).
 
     Raises:
-        ConfigurationError: A setting is unusable (raised here, at construction).
+        ConfigurationError: A setting is unusable (raised here, at construction):
+            as for ``AsyncKMSClient``, e.g. an item of ``trace_configs`` that is not
+            an ``aiohttp.TraceConfig``.
     """
 
     def __init__(
@@ -230,7 +253,11 @@ class KMSClient:
         ssl_context: ssl.SSLContext | None = None,
         trust_env: bool = False,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
+        pool_timeout: float | None = None,
+        max_requests_per_second: float | None = None,
     ) -> None:
+        api_key = redact_key(api_key)  # first: no frame local may hold the key in plain
         make_client = functools.partial(
             AsyncKMSClient,
             api_key,
@@ -244,6 +271,9 @@ class KMSClient:
             ssl_context=ssl_context,
             trust_env=trust_env,
             max_response_bytes=max_response_bytes,
+            trace_configs=trace_configs,
+            pool_timeout=pool_timeout,
+            max_requests_per_second=max_requests_per_second,
         )
         self._loop = _LoopThread(make_client)
         assert self._loop._client is not None
@@ -257,14 +287,20 @@ class KMSClient:
 
     @property
     def closed(self) -> bool:
-        """Whether :meth:`close` has been called."""
-        return self._loop.closed
+        """Whether :meth:`close` has been called (``False`` for a client whose
+        construction failed)."""
+        loop = getattr(self, "_loop", None)
+        return loop is not None and loop.closed
 
     def __repr__(self) -> str:
+        config = getattr(self, "_config", None)
+        if config is None:
+            # construction failed (or is under way): a traceback that captures locals
+            # shows this object, so its repr must work
+            return "<KMSClient (not initialised)>"
         state = "closed" if self.closed else "open"
         return (
-            f"<KMSClient base_url={self._config.base_url!r} "
-            f"api_version={self._config.api_version!r} {state}>"
+            f"<KMSClient base_url={config.base_url!r} api_version={config.api_version!r} {state}>"
         )
 
     def __enter__(self) -> KMSClient:
@@ -346,6 +382,13 @@ class KMSClient:
     get_verified_app_env_encrypt_pubkeys = _blocking(
         AsyncKMSClient.get_verified_app_env_encrypt_pubkeys
     )
+    get_verified_app_env_encrypt_pubkey_from_node = _blocking(
+        AsyncKMSClient.get_verified_app_env_encrypt_pubkey_from_node
+    )
+    get_kms_node_meta = _blocking(AsyncKMSClient.get_kms_node_meta)
+    check_app_registered = _blocking(AsyncKMSClient.check_app_registered)
+    get_cvm = _blocking(AsyncKMSClient.get_cvm)
+    encrypt_env_vars_for_cvm = _blocking(AsyncKMSClient.encrypt_env_vars_for_cvm)
 
     def iter_kms_list(
         self,
@@ -353,9 +396,12 @@ class KMSClient:
         is_onchain: bool | None = None,
         *,
         api_version: str | None = None,
+        max_pages: int | None = None,
     ) -> Iterator[KMSInfo]:
+        check_max_pages(max_pages)
         return walk_pages(
-            lambda page: self.get_kms_list(page, page_size, is_onchain, api_version=api_version)
+            lambda page: self.get_kms_list(page, page_size, is_onchain, api_version=api_version),
+            max_pages,
         )
 
     def iter_kms_contracts(
@@ -364,12 +410,96 @@ class KMSClient:
         is_onchain: bool | None = None,
         *,
         api_version: str | None = None,
+        max_pages: int | None = None,
     ) -> Iterator[KMSContract]:
+        check_max_pages(max_pages)
         return walk_pages(
             lambda page: self.list_kms_contracts(
                 page, page_size, is_onchain, api_version=api_version
+            ),
+            max_pages,
+        )
+
+    def iter_app_env_encrypt_pubkeys(
+        self,
+        kms: str,
+        app_ids: Iterable[str],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        api_version: str | None = None,
+    ) -> Iterator[tuple[str, AppEnvEncryptPubKey | PhalaKMSError]]:
+        return self._iterate(
+            lambda client: client.iter_app_env_encrypt_pubkeys(
+                kms, app_ids, concurrency=concurrency, api_version=api_version
             )
         )
 
+    def iter_verified_app_env_encrypt_pubkeys(
+        self,
+        kms: str,
+        app_ids: Iterable[str],
+        *,
+        trusted_signer: SignerLike,
+        max_age: float = DEFAULT_MAX_AGE,
+        require_timestamped: bool = False,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        api_version: str | None = None,
+    ) -> Iterator[tuple[str, VerifiedAppEnvEncryptPubKey | PhalaKMSError]]:
+        return self._iterate(
+            lambda client: client.iter_verified_app_env_encrypt_pubkeys(
+                kms,
+                app_ids,
+                trusted_signer=trusted_signer,
+                max_age=max_age,
+                require_timestamped=require_timestamped,
+                concurrency=concurrency,
+                api_version=api_version,
+            )
+        )
+
+    def _iterate(self, open_stream: Callable[[AsyncKMSClient], AsyncIterator[R]]) -> Iterator[R]:
+        """Drive an async iterator of the client on the loop thread, one item per ``next``.
+
+        Closing the returned iterator (or dropping it) closes the async one on the
+        loop thread, which cancels its work in flight.
+        """
+        loop, client = self._loop.get()
+        stream = open_stream(client)
+
+        async def step() -> tuple[bool, R | None]:
+            try:
+                return True, await stream.__anext__()
+            except StopAsyncIteration:
+                return False, None
+
+        try:
+            while True:
+                more, item = self._run(loop, step())
+                if not more:
+                    return
+                yield cast(R, item)
+        finally:
+            self._close_stream(loop, stream)
+
+    def _close_stream(self, loop: asyncio.AbstractEventLoop, stream: AsyncIterator[Any]) -> None:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is None or self._loop.closed or loop.is_closed():
+            return  # the loop's shutdown closes what is left of it
+
+        async def close() -> None:
+            await aclose()
+
+        if threading.get_ident() == self._loop.thread_ident:  # dropped on the loop thread
+            loop.create_task(close())
+            return
+        with contextlib.suppress(ClientStateError):
+            self._run(loop, close())
+
     iter_kms_list.__doc__ = blocking_doc(AsyncKMSClient.iter_kms_list.__doc__)
     iter_kms_contracts.__doc__ = blocking_doc(AsyncKMSClient.iter_kms_contracts.__doc__)
+    iter_app_env_encrypt_pubkeys.__doc__ = blocking_doc(
+        AsyncKMSClient.iter_app_env_encrypt_pubkeys.__doc__
+    )
+    iter_verified_app_env_encrypt_pubkeys.__doc__ = blocking_doc(
+        AsyncKMSClient.iter_verified_app_env_encrypt_pubkeys.__doc__
+    )

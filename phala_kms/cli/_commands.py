@@ -17,6 +17,7 @@ from ._exit import ExitCode, Failure
 from ._present import (
     add_row,
     emit_json,
+    inert,
     new_table,
     print_model,
     short,
@@ -217,7 +218,7 @@ def _show_onchain(detail: KMSOnChainDetail) -> None:
 
     console = stdout()
     console.print(
-        f"[bold]{escape(detail.chain_name)}[/bold] (chain id {detail.chain_id}):"
+        f"[bold]{escape(inert(detail.chain_name))}[/bold] (chain id {inert(detail.chain_id)}):"
         f" {len(detail.contracts)} KMS contract(s)"
     )
     for contract in detail.contracts:
@@ -252,7 +253,11 @@ def _titled_table(title: str, columns: Sequence[str]) -> Table:
 @json_option
 @int_option("--counts", 1, 20, 1, "How many ids to predict.")
 def next_app_ids_command(counts: int) -> None:
-    """Predict the next app ids (and nonces) on the Phala KMS (a prediction, not a reservation)."""
+    """Predict the next app ids (and nonces) on the Phala KMS.
+
+    A prediction, not a reservation: asking again gives the same ids until an app is
+    deployed, then they move on by one.
+    """
     _read(lambda client: client.next_app_ids(counts), _show_app_ids)
 
 
@@ -269,8 +274,10 @@ def _show_app_ids(result: NextAppIDs) -> None:
 
 @click.command(
     "fake-server",
-    help="Run the fake Phala Cloud KMS API (phala_kms.testing) until Ctrl-C.\n\n"
-    f"It prints the {ENV_BASE_URL} and {ENV_API_KEY} to use with it.",
+    help="Run the fake Phala Cloud KMS API (phala_kms.testing) until stopped.\n\n"
+    f"It prints the {ENV_BASE_URL} and {ENV_API_KEY} to use with it. Ctrl-C (SIGINT) or"
+    " SIGTERM closes the server and exits 0, also when started from a script that"
+    " ignores SIGINT; a port that cannot be bound exits 2.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @int_option("--port", 0, 65535, 8787, "Port to bind (0 picks a free one).")

@@ -6,7 +6,9 @@ step against it, including the ones only a fake allows: decrypting with the app'
 private key and injecting a 503. Pointed at a real API (``--base-url`` /
 ``--api-key`` or their environment variables) it runs the read-only steps only.
 
-Every step checks its own result and the demo exits non-zero if any step fails.
+Every step checks its own result and the demo exits non-zero if any step fails,
+ending (like every other command) with an ``error:`` line for the first failure and
+the error table's ``hint:`` for it (a bad API key: check ``PHALA_CLOUD_API_KEY``).
 The sync :class:`~phala_kms.KMSClient` does the reads; the async
 :class:`~phala_kms.AsyncKMSClient` does the key fan-out. The steps themselves are in
 :mod:`phala_kms.cli._demo_steps`; this module starts the fake, runs them and sums up.
@@ -25,8 +27,8 @@ from .._constants import (
     DEFAULT_TIMEOUT,
     ENV_API_KEY,
 )
-from ._exit import ExitCode
-from ._present import exit_code_for, stderr, stdout
+from ._exit import ExitCode, Failure
+from ._present import emit_json, inert, report, stderr, stdout
 from ._settings import concurrency_option, current_settings, json_option
 
 if TYPE_CHECKING:
@@ -83,9 +85,12 @@ def _run_steps(
     return demo
 
 
-def _summarize(console: Console, demo: Demo, seconds: float) -> tuple[dict[str, int], int]:
-    """Print the summary line; return the status counts and the exit code."""
-    from ._demo_steps import duration
+def _summarize(
+    console: Console, demo: Demo, seconds: float
+) -> tuple[dict[str, int], int, str | None, str | None]:
+    """Print the summary line; return the status counts, the exit code, and the first
+    failure and its hint (``None`` when every step that ran passed)."""
+    from ._demo_steps import duration, error_text, failure_hint
 
     counts = {
         status: sum(s.status == status for s in demo.steps)
@@ -98,11 +103,19 @@ def _summarize(console: Console, demo: Demo, seconds: float) -> tuple[dict[str, 
         f" ({counts['failed']} failed, {counts['skipped']} skipped) in {duration(seconds)}",
         soft_wrap=True,
     )
-    errors = [step.error for step in demo.steps if step.error is not None]
-    if not errors:
-        return counts, int(ExitCode.OK)
-    # an SDK error sets its own code; a failed check (StepFailed) is the generic 1
-    return counts, int(exit_code_for(errors[0]))
+    failed = [step for step in demo.steps if step.error is not None]
+    if not failed:
+        return counts, int(ExitCode.OK), None, None
+    # the first failure sets the code and the hint: an SDK error's own (the error
+    # table's, as for every other command); a failed check (StepFailed) is the generic 1
+    first = failed[0]
+    assert first.error is not None
+    code, hint = failure_hint(first.error)
+    message = (
+        f"{counts['failed']} of {ran} demo steps failed; first: step {first.number},"
+        f" {error_text(first.error)}"
+    )
+    return counts, code, message, hint
 
 
 def run_demo(
@@ -133,9 +146,12 @@ def run_demo(
 
     Returns:
         0 when every step that ran passed; else the exit code of the first failed
-        step's error (1 for a failed check).
+        step's error (1 for a failed check), after an ``error:`` line and the
+        ``hint:`` for that error on stderr.
+
+    Raises:
+        Failure: A base URL is set but no API key (exit code 3).
     """
-    import json
     import time
 
     from rich.markup import escape
@@ -145,12 +161,12 @@ def run_demo(
     console = stderr() if json_output else stdout()
     use_fake = api_key is None and base_url is None
     if not use_fake and api_key is None:
-        console.print(
-            f"[red]error:[/red] a base URL is set but no API key: set {ENV_API_KEY} or pass"
-            " --api-key (or unset both to run against the embedded fake)",
-            soft_wrap=True,
+        raise Failure(
+            "a base URL is set but no API key",
+            f"set {ENV_API_KEY} or pass --api-key (or unset both to run against the embedded fake)",
+            ExitCode.AUTH,
+            kind="NoAPIKey",
         )
-        return int(ExitCode.AUTH)
 
     started = time.perf_counter()
     threaded = _start_fake() if use_fake else None
@@ -163,7 +179,8 @@ def run_demo(
             target = base_url or DEFAULT_BASE_URL
             where = f"{target} (read-only steps; the fake-only ones are skipped)"
         console.print(
-            f"[bold]phala-kms {__version__} demo[/bold] against {escape(where)}", soft_wrap=True
+            f"[bold]phala-kms {__version__} demo[/bold] against {escape(inert(where))}",
+            soft_wrap=True,
         )
         client_kwargs: dict[str, Any] = {
             "api_key": api_key,
@@ -177,17 +194,23 @@ def run_demo(
         if threaded is not None:
             threaded.stop()
     total = time.perf_counter() - started
-    counts, code = _summarize(console, demo, total)
+    counts, code, message, hint = _summarize(console, demo, total)
     if json_output:
-        report = {
-            "ok": code == ExitCode.OK,
-            "mode": "fake" if server is not None else "remote",
-            "base_url": target,
-            "total_seconds": round(total, 4),
-            "counts": counts,
-            "steps": [step.as_json() for step in demo.steps],
-        }
-        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        emit_json(
+            {
+                "ok": code == ExitCode.OK,
+                "mode": "fake" if server is not None else "remote",
+                "base_url": target,
+                "total_seconds": round(total, 4),
+                "counts": counts,
+                "exit_code": code,
+                "error": message,
+                "hint": hint,
+                "steps": [step.as_json() for step in demo.steps],
+            }
+        )
+    if message is not None:
+        report(message, hint)
     return code
 
 

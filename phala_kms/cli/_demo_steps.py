@@ -16,7 +16,7 @@ from .._constants import CONTRACT_API_VERSION
 from .._hex import canonical_hex
 from ..errors import PhalaKMSError
 from ._logging import sdk_log_handler
-from ._present import describe_error, progress_bar, short
+from ._present import describe_error, exit_code_for, hint_for, inert, progress_bar, short
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ..sync import KMSClient
     from ..testing import FakeKMSServer
 
-__all__ = ["CHAIN", "Demo", "Step", "StepFailed", "duration"]
+__all__ = ["CHAIN", "Demo", "Step", "StepFailed", "duration", "error_text", "failure_hint"]
 
 CHAIN = "base"
 CHAIN_ID = 8453
@@ -48,12 +48,26 @@ class _Skip(Exception):
     """A step cannot run here (it needs the embedded fake, or an earlier step failed)."""
 
 
-def _error_text(err: BaseException) -> str:
+def error_text(err: BaseException) -> str:
+    """A step's error in one line (not yet :func:`~phala_kms.cli._present.inert`)."""
     if isinstance(err, PhalaKMSError):
         return describe_error(err)
     if isinstance(err, (StepFailed, _Skip)):
         return str(err)
     return f"{type(err).__name__}: {err}"
+
+
+def failure_hint(err: BaseException) -> tuple[int, str]:
+    """The exit code and hint for a step's error: the error table's for an SDK error
+    (as every other command gives), else for a failed check or a bug."""
+    if isinstance(err, PhalaKMSError):
+        return int(exit_code_for(err)), hint_for(err)
+    if isinstance(err, StepFailed):
+        return 1, (
+            "the API answered, but not as the step expects (see the FAIL step above);"
+            " check --base-url / --api-version, or report it with the --json output"
+        )
+    return 1, "this is a bug in phala-kms (see the FAIL step above); please report it"
 
 
 def duration(seconds: float) -> str:
@@ -82,7 +96,7 @@ class Step:
             "status": self.status,
             "seconds": round(self.seconds, 4),
             "details": self.details,
-            "error": None if self.error is None else _error_text(self.error),
+            "error": None if self.error is None else error_text(self.error),
         }
 
 
@@ -195,11 +209,12 @@ class Demo:
             f"  [dim]{duration(step.seconds)}[/dim]",
             soft_wrap=True,
         )
+        # details and errors quote the API's answers: shown inert
         for line in step.details:
-            self.console.print(f"          {escape(line)}", soft_wrap=True)
+            self.console.print(f"          {escape(inert(line))}", soft_wrap=True)
         if step.error is not None:
             self.console.print(
-                f"          [red]{escape(_error_text(step.error))}[/red]", soft_wrap=True
+                f"          [red]{escape(inert(error_text(step.error)))}[/red]", soft_wrap=True
             )
 
     def require_fake(self) -> FakeKMSServer:
@@ -395,8 +410,9 @@ class Demo:
         )
         _check(got == dict(self.sample_env), "the decrypted values differ from the sample's")
         step.details.append(
-            f"server.app_private_key({CHAIN!r}, {app_id}) + decrypt_env_vars: {len(opened)}"
-            f" variables ({', '.join(got)}), every value matches (values not shown)"
+            f"server.app_private_key({CHAIN!r}, {app_id}) +"
+            f" phala_kms.testing.decrypt_env_vars: {len(opened)} variables"
+            f" ({', '.join(got)}), every value matches (values not shown)"
         )
         other_id = next((a for a in self.ciphertexts if a != app_id), None)
         if other_id is not None:

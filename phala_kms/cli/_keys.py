@@ -5,18 +5,20 @@ trusted signer (``--trusted-signer`` pinned, or ``--trust-api`` from the SDK's
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias
 
 import click
 
-from ._envfile import read_env_file
+from ._envfile import read_app_ids, read_env_file
 from ._exit import Failure
 from ._present import (
     add_row,
     describe_error,
     emit_json,
+    error_json,
     exit_code_for,
     hint_for,
+    inert,
     new_table,
     print_extra,
     print_fields,
@@ -77,8 +79,9 @@ def _warn_trust_api(signer: TrustedSigner) -> TrustedSigner:
 
     sources = "; ".join(source.removeprefix("api: ") for source in signer.sources)
     stderr().print(
-        f"[yellow]warning:[/yellow] --trust-api: trusting signer {escape(signer.k256_pubkey)}"
-        f" from {escape(sources)}. This trusts the Phala Cloud API, which also serves the key:"
+        "[yellow]warning:[/yellow] --trust-api: trusting signer"
+        f" {escape(inert(signer.k256_pubkey))} from {escape(inert(sources))}. This trusts"
+        " the Phala Cloud API, which also serves the key:"
         " it guards against corruption in transit and KMS mis-routing, not against the API"
         " itself. Pin the key with --trusted-signer for stronger assurance.",
         soft_wrap=True,
@@ -166,18 +169,21 @@ def pubkey_command(
 # --------------------------------------------------------------------------- pubkeys
 
 
-def _read_app_ids(app_ids: Sequence[str], from_file: TextIO | None) -> list[str]:
-    """The app ids from the arguments or from ``--from-file`` (one a line, ``#`` comments)."""
+def _read_app_ids(app_ids: Sequence[str], from_file: BinaryIO | None) -> list[str]:
+    """The app ids from the arguments or from ``--from-file`` (one a line, ``#`` comments).
+
+    A bad id given as an argument becomes that id's error row; a line of the file that
+    is not an app id stops the command before any request, by its line number
+    (:func:`~phala_kms.cli._envfile.read_app_ids`).
+    """
     if app_ids and from_file is not None:
         raise click.UsageError("pass app ids as arguments or with --from-file, not both")
     if from_file is None:
         if not app_ids:
             raise click.UsageError("give at least one APP_ID, or --from-file FILE")
         return list(app_ids)
-    ids = [text for line in from_file if (text := line.split("#", 1)[0].strip())]
-    if not ids:
-        raise click.UsageError("--from-file holds no app ids")
-    return ids
+    name = getattr(from_file, "name", "-")
+    return read_app_ids(from_file, "-" if name in ("-", "<stdin>") else str(name))
 
 
 async def _fetch_keys(
@@ -225,9 +231,8 @@ def _print_results(
     )
     for app_id, result in zip(ids, results, strict=True):
         if isinstance(result, PhalaKMSError):
-            add_row(
-                table, app_id, Text.assemble((type(result).__name__, "red"), ": ", result.message)
-            )
+            message = inert(current_settings().redact(result.message))
+            add_row(table, app_id, Text.assemble((type(result).__name__, "red"), ": ", message))
         else:
             add_row(table, app_id, result.public_key)
     stdout().print(table)
@@ -239,11 +244,14 @@ def _result_json(settings: Settings, app_id: str, result: _Result) -> dict[str, 
 
     if not isinstance(result, PhalaKMSError):
         return {"app_id": app_id, "ok": True, "key": result, "error": None}
-    error = {
-        "type": type(result).__name__,
-        "message": settings.redact(result.message),
-        "exit_code": int(exit_code_for(result)),
-    }
+    error = error_json(
+        type(result).__name__,
+        result.message,
+        exit_code_for(result),
+        hint_for(result),
+        result,
+        settings,
+    )["error"]
     return {"app_id": app_id, "ok": False, "key": None, "error": error}
 
 
@@ -253,9 +261,10 @@ def _result_json(settings: Settings, app_id: str, result: _Result) -> dict[str, 
 @click.argument("app_ids", nargs=-1)
 @click.option(
     "--from-file",
-    type=click.File("r"),
+    type=click.File("rb"),
     metavar="FILE",
-    help="Read app ids from FILE ('-' for stdin): one per line, '#' comments allowed.",
+    help="Read app ids from FILE ('-' for stdin), UTF-8: one per line, '#' comments allowed."
+    " A line that is not an app id stops the command before any request.",
 )
 @concurrency_option("Requests in flight at once.")
 @_trusted_signer_option
@@ -263,7 +272,7 @@ def _result_json(settings: Settings, app_id: str, result: _Result) -> dict[str, 
 def pubkeys_command(
     kms: str,
     app_ids: tuple[str, ...],
-    from_file: TextIO | None,
+    from_file: BinaryIO | None,
     concurrency: int,
     trusted_signer: str | None,
     trust_api: bool,
@@ -303,6 +312,7 @@ def pubkeys_command(
             f"{len(failures)} of {len(ids)} app ids failed; first: {describe_error(first)}",
             hint_for(first),
             exit_code_for(first),
+            cause=first,
         )
 
 
@@ -317,7 +327,8 @@ def pubkeys_command(
     "--env-file",
     type=click.Path(exists=True, dir_okay=False, allow_dash=True),
     required=True,
-    help="The .env file to encrypt ('-' for stdin). Comments, quotes and 'export' are handled.",
+    help="The .env file to encrypt ('-' for stdin), UTF-8. Comments, quotes and 'export' are"
+    " handled; a line that does not parse, a name without '=', or a name set twice is an error.",
 )
 @_trusted_signer_option
 @_trust_api_option
@@ -332,6 +343,11 @@ def pubkeys_command(
     show_default=True,
     help="Expand ${VAR} references in the file (from the file and your environment).",
 )
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Encrypt an empty set when the file sets no variables (else that is an error).",
+)
 def encrypt_env_command(
     kms: str,
     app_id: str,
@@ -340,6 +356,7 @@ def encrypt_env_command(
     trust_api: bool,
     no_verify: bool,
     interpolate: bool,
+    allow_empty: bool,
 ) -> None:
     """Encrypt a .env file to APP_ID's key on KMS; print the hex for `encrypted_env`.
 
@@ -358,10 +375,11 @@ def encrypt_env_command(
             "choose exactly one of --trusted-signer HEX, --trust-api or --no-verify: the key"
             " must be verified against a signer you chose, or the check skipped explicitly"
         )
-    env = read_env_file(env_file, interpolate=interpolate)
+    env = read_env_file(env_file, interpolate=interpolate, allow_empty=allow_empty)
     settings.secrets.update(value for value in env.values() if len(value) >= 3)
     normalized = app_id_hex(app_id)
-    plaintext = env_vars_plaintext(env)  # names and values checked before any request
+    # names and values checked before any request
+    plaintext = env_vars_plaintext(env, allow_empty=allow_empty)
     with settings.sync_client() as client:
         signer = _resolve_signer(client, kms, trusted_signer, trust_api)
         if signer is None:
@@ -387,8 +405,10 @@ def encrypt_env_command(
     verified = f" key verified against {signer.k256_pubkey}" if signer else " key NOT verified"
     stderr().print(
         escape(
-            f"encrypted {len(env)} variable(s) ({', '.join(env)}) for app"
-            f" {normalized} on {kms};{verified}"
+            inert(
+                f"encrypted {len(env)} variable(s) ({', '.join(env)}) for app"
+                f" {normalized} on {kms};{verified}"
+            )
         ),
         soft_wrap=True,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import click
 
@@ -29,17 +29,27 @@ def sdk_log_handler(handler: logging.Handler) -> Iterator[None]:
 
 
 class _StderrHandler(logging.Handler):
-    """Writes log lines to whatever ``sys.stderr`` is at the time (click's, in tests)."""
+    """Writes log lines to whatever ``sys.stderr`` is at the time (click's, in tests),
+    redacted and :func:`~phala_kms.cli._present.inert` (they quote the API's text)."""
+
+    def __init__(self, level: int, redact: Callable[[str], str]) -> None:
+        super().__init__(level)
+        self.redact = redact
 
     def emit(self, record: logging.LogRecord) -> None:
+        from ._present import inert
+
         try:
-            click.echo(self.format(record), err=True)
+            click.echo(inert(self.redact(self.format(record))), err=True)
         except Exception:  # pragma: no cover - logging must never break a command
             self.handleError(record)
 
 
 def enable_sdk_logging(ctx: click.Context) -> None:
     """Show the SDK's INFO lines (e.g. retries) on stderr until ``ctx`` closes (``-v``)."""
-    handler = _StderrHandler(logging.INFO)
+    from ._settings import Settings
+
+    settings = ctx.ensure_object(Settings)
+    handler = _StderrHandler(logging.INFO, settings.redact)
     handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     ctx.with_resource(sdk_log_handler(handler))

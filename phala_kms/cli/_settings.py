@@ -58,6 +58,8 @@ class Settings:
         max_retries: Retries of safe failures.
         json_output: Write JSON to stdout instead of tables.
         secrets: Text never to print: the API key and, once read, env-var values.
+        json_written: A JSON document went to stdout already (so a failure after it
+            goes to stderr only, and stdout stays one document).
     """
 
     api_key: str | None = None
@@ -67,12 +69,26 @@ class Settings:
     max_retries: int = DEFAULT_MAX_RETRIES
     json_output: bool = False
     secrets: set[str] = dataclasses.field(default_factory=set)
+    json_written: bool = False
 
     def __post_init__(self) -> None:
         self.api_key = _stripped(self.api_key)
         self.base_url = _stripped(self.base_url)
         if self.api_key:
             self.secrets.add(self.api_key)
+
+    def update(self, **options: Any) -> None:
+        """Set the global options (the fields of this class) once they are parsed.
+
+        The root group's entry point creates the settings before parsing, so that it
+        still holds them (``--json``, the secrets to redact) when a failure escapes
+        the command; the root command fills them in here.
+        """
+        for name, value in options.items():
+            if name not in self.__dataclass_fields__:
+                raise TypeError(f"unknown setting {name!r}")
+            setattr(self, name, value)
+        self.__post_init__()
 
     def redact(self, text: str) -> str:
         """Replace every known secret (API key, env values) in ``text`` with ``***``."""
@@ -93,6 +109,7 @@ class Settings:
                 f"set {ENV_API_KEY} or pass --api-key (keys look like phak_...);"
                 " or try `phala-kms demo`, which needs none",
                 ExitCode.AUTH,
+                kind="NoAPIKey",
             )
         return self.api_key
 

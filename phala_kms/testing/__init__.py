@@ -22,6 +22,14 @@ Async tests::
             # point the client at server.base_url with server.api_key ...
             assert server.route_counts["kms_list"] == 3
 
+Pressure, server-wide while it is on (not per injection): a rate limit, a token bucket
+answering 429 + ``Retry-After`` + ``ERR-05-002`` once empty, and an outage switch::
+
+    server.rate_limit = RateLimit(rate=300, burst=30, retry_after=1)  # or http_date=True
+    server.rate_limited_count                       # requests it refused so far
+    server.outage = True                            # every API request: 503
+    server.outage = False                           # over; server.outage_count refused
+
 Sync tests (the server runs its own loop in a background thread)::
 
     with FakeKMSServer.in_thread(phala_node_count=3) as server:
@@ -41,7 +49,8 @@ app was deployed::
 With pytest, the plugin (installed with phala-kms) provides the fixtures
 ``fake_kms_server`` (async) and ``fake_kms_server_thread`` (sync); mark a test with
 ``@pytest.mark.fake_kms_options(...)`` to pass :class:`FakeKMSServer` arguments. From a
-shell, ``phala-kms fake-server --port 8787`` runs :func:`run_fake_server`.
+shell, ``phala-kms fake-server --port 8787`` runs :func:`run_fake_server`; Ctrl-C
+(SIGINT) or SIGTERM closes it cleanly and exits 0, even when started with SIGINT ignored.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ from .._constants import API_VERSIONS, CONTRACT_API_VERSION, NODE_API_VERSION
 from .._lazy import lazy_attributes
 
 if TYPE_CHECKING:
+    from ._chain import EthTesterEVM, FakeChainRPC
     from ._decrypt import decrypt_env_vars
     from ._faults import (
         DropConnectionFault,
@@ -68,6 +78,7 @@ if TYPE_CHECKING:
         WrongShapeFault,
     )
     from ._injections import Injection
+    from ._pressure import Outage, RateLimit
     from ._requests import REDACTED, RecordedRequest
     from ._retries import instant_retries
     from ._routes import ROUTE_NAMES
@@ -79,6 +90,8 @@ __all__ = [
     "CONTRACT_API_VERSION",
     "DEFAULT_API_KEY",
     "DropConnectionFault",
+    "EthTesterEVM",
+    "FakeChainRPC",
     "FakeKMSServer",
     "Fault",
     "GatewayHTMLFault",
@@ -87,8 +100,10 @@ __all__ = [
     "LatencyFault",
     "NODE_API_VERSION",
     "NonJSONFault",
+    "Outage",
     "REDACTED",
     "ROUTE_NAMES",
+    "RateLimit",
     "RecordedRequest",
     "RedirectFault",
     "ResetMidBodyFault",
@@ -107,7 +122,11 @@ __all__ = [
 # Every name of __all__ that is neither imported above nor listed here is a fault type.
 _MODULES = {
     "decrypt_env_vars": "_decrypt",
+    "EthTesterEVM": "_chain",
+    "FakeChainRPC": "_chain",
     "Injection": "_injections",
+    "Outage": "_pressure",
+    "RateLimit": "_pressure",
     "REDACTED": "_requests",
     "RecordedRequest": "_requests",
     "instant_retries": "_retries",

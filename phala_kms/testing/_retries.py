@@ -18,7 +18,11 @@ def instant_retries(client: AsyncKMSClient | KMSClient) -> Iterator[list[float]]
     """Make a client's retry waits instant, and record how long each would have been.
 
     The retry decisions (which failures, how many retries, ``Retry-After``,
-    ``deadline``) are unchanged; only the sleep between attempts is skipped.
+    ``deadline``, the retry budget) are unchanged; only the sleep between attempts is
+    skipped. The client-wide waits of rate limiting are skipped too, and not recorded:
+    the ``Retry-After`` gate that holds back the client's other requests, and the
+    adaptive pacing that follows a throttle (a ``max_requests_per_second`` cap still
+    holds).
 
     Args:
         client: An ``AsyncKMSClient`` or a ``KMSClient``.
@@ -36,14 +40,17 @@ def instant_retries(client: AsyncKMSClient | KMSClient) -> Iterator[list[float]]
 
     target = client._loop.get()[1] if isinstance(client, KMSClient) else client
     retrier = target._retrier
+    throttle = target._throttle
     waits: list[float] = []
 
     async def record(delay: float) -> None:
         waits.append(delay)
 
-    original = retrier.sleep
+    original, was_instant = retrier.sleep, throttle.instant
     retrier.sleep = record
+    throttle.instant = True
     try:
         yield waits
     finally:
         retrier.sleep = original
+        throttle.instant = was_instant

@@ -39,8 +39,11 @@ from ._catalogue import (
     dumps,
     sign_timestamped,
 )
+from ._cvms import CVMStore
 from ._faults import Fault, LatencyFault, respond
 from ._injections import FaultRegistry
+from ._node import add_node_routes, node_path
+from ._pressure import Pressure
 from ._requests import RequestLog
 from ._validation import ErrorList, parse_bool, parse_int, pattern_error
 
@@ -113,12 +116,6 @@ class _Views:
         self.node_body = {node.id: js.encode() for js, node in zip(node_json, nodes, strict=True)}
         self.contract_body = {
             c.id: js.encode() for js, c in zip(contract_json, contracts, strict=True)
-        }
-        self.contract_nodes_body = {
-            c.id: dumps(
-                {"items": [node.contract_node_item() for node in c.nodes], "total": len(c.nodes)}
-            ).encode()
-            for c in contracts
         }
         self.onchain_body: dict[str, bytes] = {}
         for chain_id, chain_name in CHAIN_NAMES.items():
@@ -200,6 +197,8 @@ class KMSRoutes:
         self._app_ids = app_ids
         self._origin = origin
         self._views = _Views(catalogue)
+        self.pressure = Pressure()
+        self.cvms = CVMStore(catalogue)
         self._key_cache: OrderedDict[tuple[str, bytes], _CachedKey] = OrderedDict()
         self._key_cache_size = signature_cache_size
         self._version_cache: dict[str | None, bool | None] = {}
@@ -225,6 +224,8 @@ class KMSRoutes:
             self._guard(self._pubkey),
             name="app_pubkey",
         )
+        add(api + "/cvms/{cvm_id:[^/]+}", self._guard(self.cvms.route), name="cvm")
+        add_node_routes(app, self._catalogue, lambda: self.clock())
         add("/{tail:.*}", self._fallback, name="not_found")
         return app
 
@@ -238,6 +239,10 @@ class KMSRoutes:
         try:
             route = request.match_info.route.name or "method_not_allowed"
             log.record(request, route, request_id)
+            if request.path.startswith(API_PREFIX):  # the rate limit and outage, if on
+                refusal = self.pressure.answer(request_id)
+                if refusal is not None:
+                    return refusal
             faults = self._faults.take(route, request.path.removeprefix(API_PREFIX))
             try:
                 if faults:
@@ -348,7 +353,12 @@ class KMSRoutes:
         contract = self._catalogue.contract(ref)
         if contract is None:
             return _not_found("slug", ref)
-        return _json(self._views.contract_nodes_body[contract.id])
+        origin = self._origin()  # each node's url is the fake node on this port
+        items = [
+            {**node.contract_node_item(), "url": origin + node_path(node.id)}
+            for node in contract.nodes
+        ]
+        return _json(dumps({"items": items, "total": len(items)}))
 
     async def _onchain(self, request: web.Request, contract_shape: bool) -> web.Response:
         chain = request.match_info["chain"]

@@ -19,6 +19,7 @@ from ._app_ids import AppIdSequence
 from ._catalogue import Contract, app_id_bytes, build_catalogue, derive_app_key
 from ._faults import Fault
 from ._injections import FaultRegistry, Injection
+from ._pressure import Outage, RateLimit
 from ._requests import RecordedRequest, RequestLog
 from ._routes import API_PREFIX, ROUTE_NAMES, KMSRoutes
 from ._thread import ServerThread
@@ -308,6 +309,46 @@ class FakeKMSServer:
         """
         return derive_app_key(self._contract(kms).root_key, app_id_bytes(app_id)).public_key
 
+    # -- KMS nodes and CVMs ------------------------------------------------------------
+
+    def node_url(self, ref: str) -> str:
+        """The URL of a fake KMS node on this server's port, e.g.
+        ``http://127.0.0.1:PORT/node/phala``: it answers ``POST .../prpc/GetMeta?json``
+        and ``POST .../prpc/GetAppEnvEncryptPubKey?json`` for the KMS ``ref`` names (a
+        node id or slug, or a contract id, slug or type). ``GET /kms/{slug}/nodes``
+        lists each node at ``node_url(node_id)``. No API key is needed.
+
+        Raises:
+            KeyError: no such KMS.
+            RuntimeError: the server has not been started.
+        """
+        from ._node import node_path
+
+        self._contract(ref)
+        return self.url + node_path(ref)
+
+    def add_cvm(
+        self,
+        kms: str = "phala",
+        *,
+        app_id: str | None = None,
+        kms_info: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> str:
+        """Add a CVM that ``GET /cvms/{cvm_id}`` serves; return its id.
+
+        Args:
+            kms: A node id or slug (the CVM's ``kms_info``), or a contract id, slug or
+                type (its first node).
+            app_id: The CVM's app id (40 hex); a fresh one by default.
+            kms_info: Fields to override in ``kms_info`` (``None`` values are sent as null).
+            **fields: More top-level fields, as sent.
+
+        Raises:
+            KeyError: no such KMS.
+        """
+        return self._routes.cvms.add(kms, app_id=app_id, kms_info=kms_info, **fields)
+
     # -- pubkey signatures -------------------------------------------------------------
 
     @property
@@ -396,10 +437,64 @@ class FakeKMSServer:
         self._faults.clear()
 
     def reset(self) -> None:
-        """Clear faults, the request log, the counters and the peak; rewind the nonce."""
+        """Clear faults, the rate limit, the outage, the request log, the counters and the
+        peak; rewind the nonce."""
         self._faults.clear()
+        self._routes.pressure.clear()
         self._log.clear()
         self._app_ids.reset()
+
+    # -- rate limit and outage ---------------------------------------------------------
+
+    @property
+    def rate_limit(self) -> RateLimit | None:
+        """The server-wide rate limit, or ``None`` (the default): set a
+        :class:`~phala_kms.testing.RateLimit` to turn it on, ``None`` to lift it.
+
+        While on, every API request takes a token from one bucket (``burst`` tokens,
+        refilled at ``rate`` per second, full when set); a request that finds it empty
+        gets a 429 with ``Retry-After`` and the API's ``ERR-05-002`` structured error.
+        :attr:`rate_limited_count` counts them. Applies before authentication and
+        before injected faults; the fake KMS nodes (:meth:`node_url`) are not limited.
+        May be set from any thread::
+
+            server.rate_limit = RateLimit(rate=300, burst=30, retry_after=1)
+        """
+        return self._routes.pressure.rate_limit
+
+    @rate_limit.setter
+    def rate_limit(self, value: RateLimit | None) -> None:
+        self._routes.pressure.rate_limit = value
+
+    @property
+    def outage(self) -> Outage | None:
+        """The outage in force, or ``None`` (the default). Set ``True`` (or an
+        :class:`~phala_kms.testing.Outage` for another status, a ``Retry-After`` or a
+        structured body) to answer every API request 503 from now on, ``False`` or
+        ``None`` to end it. It takes precedence over :attr:`rate_limit` and injected
+        faults; :attr:`outage_count` counts the requests it refused. May be set from
+        any thread::
+
+            server.outage = True     # every request: 503 {"detail": "Service Unavailable"}
+            server.outage = Outage(fraction=0.1, seed=1)   # or a brown-out: 10 % at random
+            ...
+            server.outage = False
+        """
+        return self._routes.pressure.outage
+
+    @outage.setter
+    def outage(self, value: Outage | bool | None) -> None:
+        self._routes.pressure.outage = value
+
+    @property
+    def rate_limited_count(self) -> int:
+        """Requests refused by :attr:`rate_limit` since it was set or :meth:`reset`."""
+        return self._routes.pressure.rate_limited
+
+    @property
+    def outage_count(self) -> int:
+        """Requests refused by :attr:`outage` since start or :meth:`reset`."""
+        return self._routes.pressure.outage_refused
 
     # -- request log -----------------------------------------------------------------
 

@@ -1,0 +1,224 @@
+"""A real EVM behind a JSON-RPC endpoint on 127.0.0.1, for testing the chain trust anchor.
+
+:class:`EthTesterEVM` is an in-process Ethereum chain (``eth-tester`` with the ``py-evm``
+backend, imported on first use: ``pip install 'eth-tester[py-evm]' py-evm``) that can
+deploy contracts and run calls. :class:`FakeChainRPC` serves it as JSON-RPC 2.0 over HTTP
+(``eth_chainId``, ``eth_call``, ``eth_blockNumber``), the calls
+:mod:`phala_kms.anchors` makes::
+
+    evm = EthTesterEVM()
+    address = evm.deploy(init_code)              # a contract you assembled or compiled
+    async with FakeChainRPC(evm) as rpc:         # or: with FakeChainRPC.in_thread(evm) as rpc:
+        await client.get_trusted_signer("kms", sources=("chain",), rpc_url=rpc.url)
+
+A revert answers the JSON-RPC error ``{"code": 3, "message": "execution reverted"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from typing import Any
+
+from aiohttp import web
+
+from ._thread import ServerThread
+
+__all__ = ["EthTesterEVM", "FakeChainRPC", "ThreadedFakeChainRPC"]
+
+
+class EthTesterEVM:
+    """An in-process EVM chain: ``eth-tester`` over ``py-evm``. Thread-safe.
+
+    Importing ``py-evm`` (and ``py_ecc``) raises the process-wide recursion limit to
+    100,000; the limit is put back afterwards, since at that depth a deeply nested JSON
+    body overflows the C stack (a crash) instead of raising ``RecursionError``. Contracts
+    that call each other 1,024 deep would need it raised again.
+
+    Raises:
+        ImportError: ``eth-tester`` or ``py-evm`` is not installed.
+    """
+
+    def __init__(self) -> None:
+        limit = sys.getrecursionlimit()
+        try:
+            from eth_tester import EthereumTester, PyEVMBackend
+
+            self._tester = EthereumTester(PyEVMBackend())
+        finally:
+            sys.setrecursionlimit(limit)
+        self._account: str = self._tester.get_accounts()[0]
+        self._lock = threading.Lock()
+
+    @property
+    def chain_id(self) -> int:
+        """The chain id ``eth_chainId`` reports (eth-tester's default chain)."""
+        return int(self._tester.backend.chain.chain_id)
+
+    @property
+    def account(self) -> str:
+        """The funded account that deploys and calls (checksummed address)."""
+        return self._account
+
+    def next_contract_address(self) -> str:
+        """The address :meth:`deploy` will give the next contract (``0x`` + 40 hex, lower)."""
+        import rlp
+
+        from ..crypto import keccak256
+
+        with self._lock:
+            nonce = self._tester.get_nonce(self._account)
+        sender = bytes.fromhex(self._account[2:])
+        return "0x" + keccak256(rlp.encode([sender, nonce]))[12:].hex()
+
+    def deploy(self, init_code: bytes) -> str:
+        """Deploy a contract; return its address (``0x`` + 40 hex, lower case).
+
+        Args:
+            init_code: The creation bytecode (it returns the runtime code).
+
+        Raises:
+            RuntimeError: The deployment failed or left no code.
+        """
+        with self._lock:
+            tx = self._tester.send_transaction(
+                {
+                    "from": self._account,
+                    "data": "0x" + init_code.hex(),
+                    "gas": 3_000_000,
+                    "value": 0,
+                    "gas_price": 10**10,
+                }
+            )
+            receipt = self._tester.get_transaction_receipt(tx)
+            address = receipt.get("contract_address")
+            code = self._tester.get_code(address) if address else "0x"
+        if not address or code in ("0x", b""):
+            raise RuntimeError("the contract deployment failed or left no code")
+        return str(address).lower()
+
+    def call(self, to: str, data: str) -> str:
+        """Run a read-only call at the latest block; return its output as ``0x`` hex.
+
+        Raises:
+            ExecutionReverted: The call reverted.
+        """
+        from eth_tester.exceptions import TransactionFailed
+
+        with self._lock:
+            try:
+                out = self._tester.call({"from": self._account, "to": to, "data": data}, "latest")
+            except TransactionFailed as err:
+                raise ExecutionReverted(str(err)) from err
+        return out if isinstance(out, str) else "0x" + bytes(out).hex()
+
+    def block_number(self) -> int:
+        """The latest block's number."""
+        with self._lock:
+            return int(self._tester.get_block_by_number("latest")["number"])
+
+
+class ExecutionReverted(Exception):
+    """A call reverted in the EVM."""
+
+
+def _reply(
+    request_id: Any, result: Any = None, error: dict[str, Any] | None = None
+) -> web.Response:
+    body: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id}
+    if error is None:
+        body["result"] = result
+    else:
+        body["error"] = error
+    return web.json_response(body)
+
+
+class FakeChainRPC:
+    """JSON-RPC 2.0 over HTTP for an :class:`EthTesterEVM`, on a loopback port.
+
+    Attributes:
+        evm: The chain it serves.
+        methods: Every method called, in order.
+    """
+
+    def __init__(self, evm: EthTesterEVM, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.evm = evm
+        self.methods: list[str] = []
+        self._host = host
+        self._requested_port = port
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+
+    @property
+    def url(self) -> str:
+        """The endpoint, e.g. ``http://127.0.0.1:PORT/``.
+
+        Raises:
+            RuntimeError: Not started.
+        """
+        if self._port is None:
+            raise RuntimeError("the fake chain RPC has not been started")
+        return f"http://{self._host}:{self._port}/"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        try:
+            call = json.loads(await request.read())
+        except ValueError:
+            return _reply(None, error={"code": -32700, "message": "parse error"})
+        if not isinstance(call, dict):
+            return _reply(None, error={"code": -32600, "message": "invalid request"})
+        method, params, rid = call.get("method"), call.get("params") or [], call.get("id")
+        self.methods.append(str(method))
+        if method == "eth_chainId":
+            return _reply(rid, hex(self.evm.chain_id))
+        if method == "eth_blockNumber":
+            return _reply(rid, hex(self.evm.block_number()))
+        if method == "eth_call" and params and isinstance(params[0], dict):
+            tx = params[0]
+            try:
+                return _reply(rid, self.evm.call(str(tx.get("to")), str(tx.get("data", "0x"))))
+            except ExecutionReverted:
+                return _reply(rid, error={"code": 3, "message": "execution reverted"})
+        return _reply(rid, error={"code": -32601, "message": f"method not found: {method}"})
+
+    async def start(self) -> None:
+        """Listen on the loopback port.
+
+        Raises:
+            OSError: The address could not be bound.
+        """
+        app = web.Application()
+        app.router.add_post("/", self._handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._host, self._requested_port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+
+    async def close(self) -> None:
+        """Stop listening; a no-op when not running."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> FakeChainRPC:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @classmethod
+    def in_thread(cls, evm: EthTesterEVM, **kwargs: Any) -> ThreadedFakeChainRPC:
+        """Run it on its own loop in a background thread: ``with ... as rpc:``."""
+        return ThreadedFakeChainRPC(cls(evm, **kwargs), thread_name="phala-kms-fake-chain")
+
+
+class ThreadedFakeChainRPC(ServerThread[FakeChainRPC]):
+    """A :class:`FakeChainRPC` on its own event loop in a background thread."""
