@@ -2,7 +2,8 @@
 
 * tests: the suite on every installed Python 3.10-3.13, against the built wheel, with
   binary-only dependencies (what users install), not the source tree.
-* lint / typing: ruff and mypy --strict.
+* lint / typing: ruff (check and format check) and mypy --strict (the package, and
+  tests/typing: typical user code type-checked against the public API).
 * stress: the bounded load test (not part of the default run).
 * bench: the benchmarks against bare aiohttp and the official `phala-cloud` SDK.
 """
@@ -80,14 +81,17 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff check and format check."""
     session.install("ruff")
-    session.run("ruff", "check", "phala_kms", "tests", "benchmarks", "noxfile.py")
+    paths = ("phala_kms", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session
 def typing(session: nox.Session) -> None:
-    """mypy --strict on the package."""
+    """mypy --strict on the package and on tests/typing (user code against the public API)."""
     session.install("-e", ".[cli,test]", "mypy")
     session.run("mypy", "--strict", "phala_kms")
+    session.run("mypy", "--strict", "tests/typing")
 
 
 @nox.session

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 from click.testing import CliRunner, Result
 
 from phala_kms import __version__
 from phala_kms.cli import EXIT_CODES, ExitCode, cli, read_env_file
+from phala_kms.cli._envfile import InputFileError
 from phala_kms.testing import FakeKMSServer, StatusFault, decrypt_env_vars
 
 APP_ID = "0123456789abcdef0123456789abcdef01234567"
@@ -57,19 +55,10 @@ ENV_EXPECTED = {
 SECRET_MARKER = "S3CRET"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeKMSServer]:
-    with FakeKMSServer.in_thread() as running:
-        yield running
-
-
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, server: FakeKMSServer) -> Iterator[None]:
-    monkeypatch.delenv("PHALA_CLOUD_API_KEY", raising=False)
-    monkeypatch.delenv("PHALA_CLOUD_API_PREFIX", raising=False)
+def _no_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables are laid out for rich's default width, not the developer's terminal."""
     monkeypatch.delenv("COLUMNS", raising=False)
-    yield
-    server.clear_faults()
 
 
 @pytest.fixture
@@ -114,13 +103,6 @@ def same_as_served(item: Mapping[str, Any], served: Mapping[str, Any]) -> bool:
     )
 
 
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 # --------------------------------------------------------------------------- help, version
 
 
@@ -142,11 +124,11 @@ def test_help_lists_commands_and_exit_codes() -> None:
         assert command in result.stdout
     assert "PHALA_CLOUD_API_KEY" in result.stdout
     for code, text in EXIT_CODES.items():
-        assert f"{int(code)}  {text}" in result.stdout
+        assert f"{int(code):<3}  {text}" in result.stdout
 
 
 def test_exit_code_constants() -> None:
-    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 5, 6]
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 5, 6, 130]
     assert set(EXIT_CODES) == set(ExitCode)
 
 
@@ -253,9 +235,16 @@ def test_next_app_ids(server: FakeKMSServer) -> None:
     assert nonces == list(range(nonces[0], nonces[0] + 3))
     for item in data["app_ids"]:
         assert item["app_id"] == server.app_id_for_nonce(item["nonce"])
+    # a prediction, not a reservation: reading it again predicts the same ids
+    assert run_json(server, "next-app-ids", "--counts", "3") == data
     human = invoke(server, "next-app-ids")
     assert human.exit_code == 0
-    assert server.app_id_for_nonce(nonces[-1] + 1) in human.stdout
+    assert data["app_ids"][0]["app_id"] in human.stdout
+    # once an app is deployed, the prediction moves on by one
+    assert server.deploy_app() == data["app_ids"][0]["app_id"]
+    moved = run_json(server, "next-app-ids", "--counts", "3")
+    assert moved["app_ids"][:2] == data["app_ids"][1:]
+    assert moved["app_ids"][0]["nonce"] == nonces[0] + 1
 
 
 # --------------------------------------------------------------------------- pubkey(s)
@@ -325,15 +314,45 @@ def test_pubkeys_fan_out(server: FakeKMSServer) -> None:
         assert row["key"]["public_key"] == server.app_public_key("ethereum", app_id).hex()
 
 
-def test_pubkeys_from_file_with_a_bad_id(server: FakeKMSServer, tmp_path: Path) -> None:
+def test_pubkeys_from_file(server: FakeKMSServer, tmp_path: Path) -> None:
     ids_file = tmp_path / "ids.txt"
-    ids_file.write_text(f"# app ids\n{APP_ID}\n\n{OTHER_APP_ID}   # second\nnot-hex\n")
+    ids_file.write_text(f"# app ids\n{APP_ID}\n\n{OTHER_APP_ID}   # second\n")
+    data = run_json(server, "pubkeys", "phala", "--from-file", str(ids_file))
+    assert [row["app_id"] for row in data["results"]] == [APP_ID, OTHER_APP_ID]
+    assert all(row["ok"] for row in data["results"])
+
+
+def test_pubkeys_from_file_with_a_bad_line(server: FakeKMSServer, tmp_path: Path) -> None:
+    """A line of the file that is not an app id stops the command before any request,
+    named by its number, not its text (it may be a pasted secret)."""
+    server.reset()
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text(f"# app ids\n{APP_ID}\n\n{OTHER_APP_ID}   # second\nghp_S3CRET\n")
     result = invoke(server, "--json", "pubkeys", "phala", "--from-file", str(ids_file))
     assert result.exit_code == ExitCode.USAGE
-    data = json.loads(result.stdout)
+    assert f"{ids_file}, line 5: not an app id" in result.stderr
+    assert SECRET_MARKER not in result.output
+    assert json.loads(result.stdout)["error"]["exit_code"] == ExitCode.USAGE
+    assert server.total_requests == 0
+
+
+def test_pubkeys_bad_id_argument_gets_its_row(server: FakeKMSServer) -> None:
+    result = invoke(server, "--json", "pubkeys", "phala", APP_ID, OTHER_APP_ID, "not-hex")
+    assert result.exit_code == ExitCode.USAGE
+    data = json.loads(result.stdout)  # one document: the results, not an error object too
     assert [row["ok"] for row in data["results"]] == [True, True, False]
-    assert data["results"][2]["error"]["type"] == "InvalidArgumentError"
-    assert data["results"][2]["error"]["exit_code"] == ExitCode.USAGE
+    error = data["results"][2]["error"]
+    assert error["type"] == "InvalidArgumentError"
+    assert error["exit_code"] == ExitCode.USAGE
+    assert set(error) == {
+        "type",
+        "message",
+        "status",
+        "error_code",
+        "request_id",
+        "exit_code",
+        "hint",
+    }
     assert "1 of 3 app ids failed" in result.stderr
 
 
@@ -413,9 +432,10 @@ def test_read_env_file_interpolation(tmp_path: Path) -> None:
 
 
 def test_read_env_file_rejects_a_bare_name(tmp_path: Path) -> None:
+    """A name without '=' may be a secret pasted on its own line: named by its line."""
     path = tmp_path / ".env"
-    path.write_text("GOOD=value-S3CRET\nBARE\n")
-    with pytest.raises(click.UsageError, match="'BARE' has no value") as info:
+    path.write_text("GOOD=value-S3CRET\nghp_BARE_S3CRET\n")
+    with pytest.raises(InputFileError, match="line 2: a name without '='") as info:
         read_env_file(str(path))
     assert SECRET_MARKER not in str(info.value)
 
@@ -542,15 +562,15 @@ def test_missing_key_exits_3() -> None:
 def test_not_found_exits_4(server: FakeKMSServer) -> None:
     result = invoke(server, "--json", "info", "kms_doesNotExist")
     assert result.exit_code == ExitCode.NOT_FOUND
-    assert result.stdout == ""
+    assert json.loads(result.stdout)["error"]["type"] == "NotFoundError"
     assert "NotFoundError" in result.stderr
     assert "ERR-02-011" in result.stderr
     assert "request_id=req_fake" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 2  # one message, one hint
 
 
-def test_closed_port_exits_5() -> None:
-    url = f"http://127.0.0.1:{closed_port()}/api/v1"
+def test_closed_port_exits_5(closed_port: int) -> None:
+    url = f"http://127.0.0.1:{closed_port}/api/v1"
     options = ("--api-key", WRONG_KEY, "--base-url", url, "--timeout", "2", "--max-retries", "0")
     result = invoke(None, *options, "list")
     assert result.exit_code == ExitCode.NETWORK
@@ -600,10 +620,10 @@ def _encrypt_args(env_file: Path, *extra: str) -> list[str]:
     return ["encrypt-env", "base", APP_ID, "--env-file", str(env_file), *extra]
 
 
-def test_secrets_never_printed(server: FakeKMSServer, env_file: Path) -> None:
+def test_secrets_never_printed(server: FakeKMSServer, env_file: Path, closed_port: int) -> None:
     """Across failing scenarios, neither the API key nor any env value reaches stdout or stderr."""
     signer = server.k256_pubkey_for("base")
-    closed = f"http://127.0.0.1:{closed_port()}/api/v1"
+    closed = f"http://127.0.0.1:{closed_port}/api/v1"
     scenarios: list[tuple[list[str], str, int]] = [
         (["-v", *_encrypt_args(env_file, "--trusted-signer", signer)], WRONG_KEY, ExitCode.AUTH),
         (
@@ -644,7 +664,7 @@ def test_unexpected_errors_show_a_redacted_traceback(
             f"bug holding {server.api_key} and {ENV_EXPECTED['PLAIN']} and {ENV_EXPECTED['MULTI']}"
         )
 
-    monkeypatch.setattr(KMSClient, "encrypt_env_vars_for_app", explode)
+    monkeypatch.setattr(KMSClient, "get_verified_app_env_encrypt_pubkey", explode)
     result = invoke(
         server, *_encrypt_args(env_file, "--trusted-signer", server.k256_pubkey_for("base"))
     )
@@ -657,39 +677,6 @@ def test_unexpected_errors_show_a_redacted_traceback(
 
 
 # --------------------------------------------------------------------------- fake-server
-
-
-def test_fake_server_command_serves_until_interrupted() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PHALA_CLOUD_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "phala_kms.cli", "fake-server", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(4)]
-        settings = dict(
-            line.strip().removeprefix("export ").split("=", 1)
-            for line in lines
-            if line.startswith("export ")
-        )
-        base_url = settings["PHALA_CLOUD_API_PREFIX"]
-        assert base_url.startswith("http://127.0.0.1:")
-        cli_env = {
-            "PHALA_CLOUD_API_PREFIX": base_url,
-            "PHALA_CLOUD_API_KEY": settings["PHALA_CLOUD_API_KEY"],
-        }
-        result = CliRunner().invoke(cli, ["--json", "info", "phala"], env=cli_env)
-        assert result.exit_code == 0, result.output
-        assert json.loads(result.stdout)["slug"] == "phala"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out, _err = proc.communicate(timeout=15)
-    assert proc.returncode == 0
-    assert "Stopped." in out
 
 
 def test_fake_server_port_in_use_exits_2() -> None:

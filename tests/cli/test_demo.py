@@ -7,14 +7,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner, Result
 
-from phala_kms import _demo
-from phala_kms.cli import ExitCode, cli
-from phala_kms.testing import FakeKMSServer
+from phala_kms.cli import ExitCode, _demo, cli
+from phala_kms.testing import CONTRACT_API_VERSION, FakeKMSServer
 
 STEP_TITLES = [
     "List every KMS node across all pages",
@@ -29,18 +27,6 @@ STEP_TITLES = [
     "Survive an injected 503 with one retry",
 ]
 FAKE_ONLY = {8, 10}
-
-
-@pytest.fixture(autouse=True)
-def _no_api_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PHALA_CLOUD_API_KEY", raising=False)
-    monkeypatch.delenv("PHALA_CLOUD_API_PREFIX", raising=False)
-
-
-@pytest.fixture
-def server() -> Iterator[FakeKMSServer]:
-    with FakeKMSServer.in_thread() as running:
-        yield running
 
 
 def demo(*args: str) -> Result:
@@ -153,14 +139,19 @@ def test_demo_read_only_against_a_given_api(server: FakeKMSServer) -> None:
         assert step["status"] == ("skipped" if step["number"] in FAKE_ONLY else "ok"), step
     assert "20 keys, every signature verified" in " ".join(report["steps"][5]["details"])
     assert server.injections == []
-    assert server.route_counts.get("kms_info", 0) == 2  # one read, one 404; no 503 retry
+    # one read (step 2), get_trusted_signer("base")'s contract lookup (step 4), one 404
+    # (step 9); no 503 retry
+    assert server.route_counts.get("kms_info", 0) == 3
+    lookups = [(r.path.rsplit("/", 1)[-1], r.phala_version) for r in server.requests]
+    assert ("base", CONTRACT_API_VERSION) in lookups
     assert server.api_key not in result.output
 
 
 def test_demo_with_a_url_but_no_key_exits_3(server: FakeKMSServer) -> None:
     result = CliRunner().invoke(cli, ["--base-url", server.base_url, "demo"])
     assert result.exit_code == ExitCode.AUTH
-    assert "no API key" in result.stdout
+    assert "error: a base URL is set but no API key" in result.stderr
+    assert "hint: set PHALA_CLOUD_API_KEY" in result.stderr
     assert server.total_requests == 0
 
 

@@ -1,12 +1,16 @@
-"""Recovering and verifying the KMS signature on an env-encryption public key (api-spec 4.2).
+"""Recovering and verifying the KMS signature on an env-encryption public key (api-spec 4.2),
+and the hashing, message and address helpers it rests on.
 
 Test vectors are made here: messages are assembled by hand from the spec, hashed
 with pycryptodome's Keccak-256 and signed with coincurve, without phala_kms's
-helpers. ``dstack_sdk`` (eth_keys underneath) is the differential oracle.
+helpers. ``dstack_sdk`` (eth_keys underneath) is the differential oracle. Properties:
+junk never verifies and raises only ``SignatureVerificationError``, any signer is
+recovered, and any single flipped bit fails verification.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -22,12 +26,19 @@ from dstack_sdk.verify_env_encrypt_public_key import (
 from dstack_sdk.verify_env_encrypt_public_key import (
     verify_env_encrypt_public_key_legacy as dstack_verify_legacy,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from phala_kms import AppEnvEncryptPubKey, TrustedSigner
 from phala_kms.crypto import (
+    env_encrypt_pubkey_message,
+    ethereum_address,
+    keccak256,
     recover_env_encrypt_pubkey_signer,
+    verify_app_env_encrypt_pubkey,
     verify_env_encrypt_public_key,
 )
-from phala_kms.errors import SignatureVerificationError
+from phala_kms.errors import InvalidArgumentError, SignatureVerificationError
 
 N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 T0 = 1_750_000_000
@@ -571,3 +582,298 @@ def test_differential_against_dstack_sdk_on_random_signatures() -> None:
         assert ours == theirs
         agreed += ours is not None
     assert agreed > 0
+
+
+# --------------------------------------------------------------------------- keccak
+
+
+def test_keccak256_known_answer_for_empty_input() -> None:
+    expected = "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
+    assert keccak256(b"").hex() == expected
+    assert keccak256(b"") != hashlib.sha3_256(b"").digest()
+
+
+def test_keccak256_known_answer_for_abc() -> None:
+    # Keccak-256("abc"), the original (pre-NIST) padding.
+    expected = "4e03657aea45a94fc7d47ba826c8d667c0d1e6e33a64a036ec44f58fa12d6c45"
+    assert keccak256(b"abc").hex() == expected
+
+
+MESSAGE_APP_ID = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_env_encrypt_pubkey_message_matches_the_spec() -> None:
+    key = bytes(range(32))
+    app = bytes.fromhex(MESSAGE_APP_ID)
+    legacy = b"dstack-env-encrypt-pubkey" + b":" + app + key
+    stamped = b"dstack-env-encrypt-pubkey" + b":" + app + bytes.fromhex("0000000067890abc") + key
+    assert env_encrypt_pubkey_message(key.hex(), "0x" + MESSAGE_APP_ID) == legacy
+    assert env_encrypt_pubkey_message(key, app, 0x67890ABC) == stamped
+    assert len(legacy) == 78
+    assert len(stamped) == 86
+
+
+@pytest.mark.parametrize("timestamp", [-1, 2**64, True, 1.0, "1700000000"])
+def test_env_encrypt_pubkey_message_rejects_bad_timestamps(timestamp: Any) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        env_encrypt_pubkey_message(bytes(32), MESSAGE_APP_ID, timestamp)
+    assert info.value.argument == "timestamp"
+
+
+def test_env_encrypt_pubkey_message_accepts_u64_bounds() -> None:
+    assert env_encrypt_pubkey_message(bytes(32), MESSAGE_APP_ID, 0)[46:54] == bytes(8)
+    assert env_encrypt_pubkey_message(bytes(32), MESSAGE_APP_ID, 2**64 - 1)[46:54] == b"\xff" * 8
+
+
+# The secp256k1 key with private scalar 1 is the generator; its Ethereum address is
+# well known.
+GENERATOR_COMPRESSED = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
+GENERATOR_XY = (
+    "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
+    "483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8"
+)
+GENERATOR_ADDRESS = "0x7e5f4552091a69125d5dfcb7b8c2659029395bdf"
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        GENERATOR_COMPRESSED,
+        "0x" + GENERATOR_COMPRESSED.upper(),
+        "04" + GENERATOR_XY,
+        GENERATOR_XY,
+        bytes.fromhex("04" + GENERATOR_XY),
+        bytes.fromhex(GENERATOR_COMPRESSED),
+    ],
+)
+def test_ethereum_address_known_answer(form: str | bytes) -> None:
+    assert ethereum_address(form) == GENERATOR_ADDRESS
+
+
+def test_ethereum_address_matches_pycryptodome_keccak() -> None:
+    xy = bytes.fromhex(GENERATOR_XY)
+    digest = keccak.new(digest_bits=256, data=xy).digest()
+    assert ethereum_address(GENERATOR_COMPRESSED) == "0x" + digest[12:].hex()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "02" + "00" * 32,  # x = 0 is not on the curve
+        "05" + GENERATOR_COMPRESSED[2:],
+        "04" + GENERATOR_COMPRESSED[2:],
+        "02" + GENERATOR_XY,  # 65 bytes with a compressed prefix
+        GENERATOR_ADDRESS,
+        None,
+    ],
+)
+def test_ethereum_address_rejects(bad: Any) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        ethereum_address(bad)
+    assert info.value.argument == "public_key"
+
+
+# --------------------------------------------------------------------------- fetched keys
+
+
+def fetched(vec: Vector, *, stamped: bool) -> AppEnvEncryptPubKey:
+    """The key as ``GET /kms/{kms}/pubkey/{app_id}`` would return it."""
+    return AppEnvEncryptPubKey(
+        public_key=vec.public_key.hex(),
+        signature=vec.legacy.hex(),
+        timestamp=vec.timestamp if stamped else None,
+        signature_v1=vec.stamped.hex() if stamped else None,
+    )
+
+
+def test_verify_app_env_encrypt_pubkey_checks_the_legacy_signature(vec: Vector) -> None:
+    key = fetched(vec, stamped=False)
+    verify_app_env_encrypt_pubkey(key, vec.app_id.hex(), trusted_signer=vec.signer_hex)
+    verify_app_env_encrypt_pubkey(key, vec.app_id, trusted_signer=vec.signer_hex, now=T0 + 10**9)
+    with pytest.raises(SignatureVerificationError) as caught:
+        verify_app_env_encrypt_pubkey(key, vec.app_id, trusted_signer=Vector().signer_hex)
+    assert caught.value.reason == "signer_mismatch"
+    with pytest.raises(SignatureVerificationError):
+        verify_app_env_encrypt_pubkey(key, os.urandom(20), trusted_signer=vec.signer_hex)
+
+
+def test_verify_app_env_encrypt_pubkey_prefers_the_timestamped_signature(vec: Vector) -> None:
+    key = fetched(vec, stamped=True)
+    verify_app_env_encrypt_pubkey(key, vec.app_id, trusted_signer=vec.signer_hex, now=T0 + 300)
+    with pytest.raises(SignatureVerificationError) as caught:
+        verify_app_env_encrypt_pubkey(key, vec.app_id, trusted_signer=vec.signer_hex, now=T0 + 301)
+    assert caught.value.reason == "stale_timestamp"
+    verify_app_env_encrypt_pubkey(
+        key, vec.app_id, trusted_signer=vec.signer_hex, max_age=10**6, now=T0 + 301
+    )
+    # A timestamped signature that does not verify is not rescued by the legacy one.
+    broken = AppEnvEncryptPubKey(
+        public_key=key.public_key,
+        signature=key.signature,
+        timestamp=key.timestamp,
+        signature_v1=vec.legacy.hex(),
+    )
+    with pytest.raises(SignatureVerificationError):
+        verify_app_env_encrypt_pubkey(broken, vec.app_id, trusted_signer=vec.signer_hex, now=T0)
+
+
+def test_verify_app_env_encrypt_pubkey_uses_the_real_clock_by_default() -> None:
+    vec = Vector()
+    stamp = int(time.time())
+    key = AppEnvEncryptPubKey(
+        public_key=vec.public_key.hex(),
+        signature=vec.legacy.hex(),
+        timestamp=stamp,
+        signature_v1=sign(vec.signer, spec_message(vec.app_id, vec.public_key, stamp)).hex(),
+    )
+    verify_app_env_encrypt_pubkey(key, vec.app_id, trusted_signer=vec.signer_hex)
+
+
+@pytest.mark.parametrize("garbage", ["", "0x1234", None, "not hex"])
+def test_verify_app_env_encrypt_pubkey_fails_closed(vec: Vector, garbage: Any) -> None:
+    with pytest.raises(SignatureVerificationError) as caught:
+        verify_app_env_encrypt_pubkey(
+            fetched(vec, stamped=False), vec.app_id, trusted_signer=garbage
+        )
+    assert caught.value.reason == "invalid_trusted_signer"
+
+
+def test_a_trusted_signer_object_is_accepted(vec: Vector) -> None:
+    signer = TrustedSigner(k256_pubkey=vec.signer_hex, sources=("pinned",))
+    verify_legacy(vec, trusted_signer=signer)
+    verify_stamped(vec, trusted_signer=signer)
+    verify_app_env_encrypt_pubkey(fetched(vec, stamped=False), vec.app_id, trusted_signer=signer)
+    other = TrustedSigner(k256_pubkey=Vector().signer_hex, sources=("pinned",))
+    with pytest.raises(SignatureVerificationError) as caught:
+        verify_legacy(vec, trusted_signer=other)
+    assert caught.value.reason == "signer_mismatch"
+    unusable = TrustedSigner(k256_pubkey="0x1234", sources=("pinned",))
+    with pytest.raises(SignatureVerificationError) as caught:
+        verify_legacy(vec, trusted_signer=unusable)
+    assert caught.value.reason == "invalid_trusted_signer"
+
+
+# --------------------------------------------------------------------------- properties
+
+SIGNER = PrivateKey()
+SIGNER_HEX = "0x" + SIGNER.public_key.format(compressed=True).hex()
+FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SLOW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def hex_text(size: int) -> st.SearchStrategy[str]:
+    return st.binary(min_size=size, max_size=size).map(lambda b: b.hex())
+
+
+def near(size: int) -> st.SearchStrategy[Any]:
+    """Right-ish and wrong inputs for a field of ``size`` bytes."""
+    return st.one_of(
+        st.binary(max_size=2 * size + 2),
+        st.binary(min_size=size, max_size=size),
+        st.text(max_size=2 * size + 4),
+        st.text(alphabet="0123456789abcdefABCDEFx \n", max_size=2 * size + 4),
+        hex_text(size),
+        hex_text(size).map(lambda h: "0x" + h),
+        st.none(),
+        st.integers(),
+        st.floats(),
+        st.lists(st.integers(0, 255), max_size=4),
+    )
+
+
+anything_timestamp = st.one_of(
+    st.none(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(), st.text(max_size=5)
+)
+numbers = st.one_of(st.floats(), st.integers(min_value=-(2**70), max_value=2**70), st.none())
+
+
+@FAST
+@given(pk=near(32), sig=near(65), app=near(20), ts=anything_timestamp)
+def test_recover_raises_only_signature_errors(pk: Any, sig: Any, app: Any, ts: Any) -> None:
+    try:
+        got = recover_env_encrypt_pubkey_signer(pk, sig, app, timestamp=ts)
+    except SignatureVerificationError:
+        return
+    assert got.startswith("0x")
+    assert len(got) == 68
+
+
+@FAST
+@given(
+    pk=near(32),
+    sig=near(65),
+    app=near(20),
+    signer=st.one_of(st.just(SIGNER_HEX), near(33), near(20), near(65)),
+    ts=anything_timestamp,
+    max_age=numbers,
+    skew=numbers,
+    now=numbers,
+)
+def test_verify_of_junk_always_raises_a_signature_error(
+    pk: Any, sig: Any, app: Any, signer: Any, ts: Any, max_age: Any, skew: Any, now: Any
+) -> None:
+    # Junk cannot carry a genuine signature, so verification must never pass.
+    try:
+        verify_env_encrypt_public_key(
+            pk,
+            sig,
+            app,
+            trusted_signer=signer,
+            timestamp=ts,
+            max_age=max_age,
+            future_skew=skew,
+            now=now,
+        )
+    except SignatureVerificationError:
+        return
+    raise AssertionError("verification of junk passed")
+
+
+def _keccak(data: bytes) -> bytes:
+    return bytes(keccak.new(digest_bits=256, data=data).digest())
+
+
+@SLOW
+@given(
+    secret=st.integers(min_value=1, max_value=N - 1),
+    pk=st.binary(min_size=32, max_size=32),
+    app=st.binary(min_size=20, max_size=20),
+    ts=st.one_of(st.none(), st.integers(min_value=0, max_value=2**64 - 1)),
+)
+def test_any_signer_is_recovered(secret: int, pk: bytes, app: bytes, ts: int | None) -> None:
+    signer = PrivateKey(secret.to_bytes(32, "big"))
+    stamp = b"" if ts is None else ts.to_bytes(8, "big")
+    message = b"dstack-env-encrypt-pubkey:" + app + stamp + pk
+    sig = signer.sign_recoverable(_keccak(message), hasher=None)
+    expected = "0x" + signer.public_key.format(compressed=True).hex()
+    assert recover_env_encrypt_pubkey_signer(pk, sig, app, timestamp=ts) == expected
+    verify_env_encrypt_public_key(pk, sig, app, trusted_signer=expected, timestamp=ts, now=ts)
+
+
+@SLOW
+@given(
+    pk=st.binary(min_size=32, max_size=32),
+    app=st.binary(min_size=20, max_size=20),
+    which=st.sampled_from(["pk", "app", "sig"]),
+    bit=st.integers(min_value=0, max_value=8 * 64 - 1),
+)
+def test_any_single_bit_flip_fails_verification(
+    pk: bytes, app: bytes, which: str, bit: int
+) -> None:
+    sig = SIGNER.sign_recoverable(_keccak(b"dstack-env-encrypt-pubkey:" + app + pk), hasher=None)
+    verify_env_encrypt_public_key(pk, sig, app, trusted_signer=SIGNER_HEX)
+    fields = {"pk": bytearray(pk), "app": bytearray(app), "sig": bytearray(sig)}
+    target = fields[which]
+    index = (bit // 8) % len(target)
+    target[index] ^= 1 << (bit % 8)
+    try:
+        verify_env_encrypt_public_key(
+            bytes(fields["pk"]),
+            bytes(fields["sig"]),
+            bytes(fields["app"]),
+            trusted_signer=SIGNER_HEX,
+        )
+    except SignatureVerificationError:
+        return
+    raise AssertionError(f"verification passed after flipping a bit of {which}")

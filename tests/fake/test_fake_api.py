@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from coincurve import PublicKey
 from Crypto.Hash import keccak
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -20,8 +18,7 @@ from phala_kms.testing import (
     NODE_API_VERSION,
     FakeKMSServer,
 )
-
-FIXTURES = Path(__file__).parent / "fixtures"
+from tests.helpers import load_fixture
 
 APP_ID = "8f3e5c2a9b1d4e7f6a0c3b2d5e8f1a4c7b0d9e63"
 OTHER_APP_ID = "2b7c4e1f9a3d6c8e0b5f2a7d4c1e9b6f3a8d0c52"
@@ -37,10 +34,6 @@ CONTRACT_KEYS = {
     "node_count",
 }
 ENVELOPE_KEYS = {"items", "total", "page", "page_size", "pages"}
-
-
-def fixture(name: str) -> Any:
-    return json.loads((FIXTURES / name).read_text())
 
 
 def keccak256(data: bytes) -> bytes:
@@ -66,14 +59,8 @@ class Reply:
         return json.loads(self.body)
 
 
-@pytest_asyncio.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client_session:
-        yield client_session
-
-
 async def call(
-    session: aiohttp.ClientSession,
+    http_session: aiohttp.ClientSession,
     server: FakeKMSServer,
     path: str,
     *,
@@ -86,7 +73,7 @@ async def call(
         headers["X-API-Key"] = server.api_key if api_key == "<server>" else api_key
     if version is not None:
         headers["X-Phala-Version"] = version
-    async with session.get(
+    async with http_session.get(
         server.base_url + path, headers=headers, params=params, allow_redirects=False
     ) as response:
         reply = Reply(response.status, dict(response.headers), await response.read())
@@ -107,11 +94,11 @@ ROUTES = [
 # -- lifecycle and auth ------------------------------------------------------------------
 
 
-async def test_binds_loopback_on_a_free_port(fake_kms_server: FakeKMSServer) -> None:
-    assert fake_kms_server.port > 0
-    assert fake_kms_server.base_url == f"http://127.0.0.1:{fake_kms_server.port}/api/v1"
-    assert fake_kms_server.api_key.startswith("phak_")
-    assert fake_kms_server.api_key not in repr(fake_kms_server)
+async def test_binds_loopback_on_a_free_port(server: FakeKMSServer) -> None:
+    assert server.port > 0
+    assert server.base_url == f"http://127.0.0.1:{server.port}/api/v1"
+    assert server.api_key.startswith("phak_")
+    assert server.api_key not in repr(server)
 
 
 async def test_port_is_unavailable_before_start() -> None:
@@ -123,24 +110,24 @@ async def test_port_is_unavailable_before_start() -> None:
 
 @pytest.mark.parametrize("path", ROUTES)
 async def test_every_route_needs_the_api_key(
-    fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession, path: str
+    server: FakeKMSServer, http_session: aiohttp.ClientSession, path: str
 ) -> None:
-    missing = await call(session, fake_kms_server, path, api_key=None)
+    missing = await call(http_session, server, path, api_key=None)
     assert missing.status == 401
     assert isinstance(missing.json()["detail"], str)
-    wrong = await call(session, fake_kms_server, path, api_key="phak_wrong")
+    wrong = await call(http_session, server, path, api_key="phak_wrong")
     assert wrong.status == 403
     assert isinstance(wrong.json()["detail"], str)
-    good = await call(session, fake_kms_server, path)
+    good = await call(http_session, server, path)
     assert good.status == 200
     assert good.headers["Content-Type"].startswith("application/json")
 
 
-async def test_custom_api_key(session: aiohttp.ClientSession) -> None:
+async def test_custom_api_key(http_session: aiohttp.ClientSession) -> None:
     async with FakeKMSServer(api_key="phak_custom") as server:
-        assert (await call(session, server, "/kms", api_key="phak_custom")).status == 200
+        assert (await call(http_session, server, "/kms", api_key="phak_custom")).status == 200
         assert (
-            await call(session, server, "/kms", api_key="phak_fake_0123456789abcdef")
+            await call(http_session, server, "/kms", api_key="phak_fake_0123456789abcdef")
         ).status == 403
 
 
@@ -160,12 +147,12 @@ async def test_custom_api_key(session: aiohttp.ClientSession) -> None:
     ],
 )
 async def test_version_switches_list_shape(
-    fake_kms_server: FakeKMSServer,
-    session: aiohttp.ClientSession,
+    server: FakeKMSServer,
+    http_session: aiohttp.ClientSession,
     version: str | None,
     contract_shape: bool,
 ) -> None:
-    body = (await call(session, fake_kms_server, "/kms", version=version)).json()
+    body = (await call(http_session, server, "/kms", version=version)).json()
     assert set(body) == ENVELOPE_KEYS
     for item in body["items"]:
         if contract_shape:
@@ -176,40 +163,38 @@ async def test_version_switches_list_shape(
 
 
 async def test_version_switches_detail_shape(
-    fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession
+    server: FakeKMSServer, http_session: aiohttp.ClientSession
 ) -> None:
-    contract = (await call(session, fake_kms_server, "/kms/phala")).json()
-    assert contract == fake_kms_server.contracts[0]
+    contract = (await call(http_session, server, "/kms/phala")).json()
+    assert contract == server.contracts[0]
     assert contract["contract_address"] == "phala"
     assert contract["chain_id"] == 0
-    assert contract["k256_pubkey"] == fake_kms_server.k256_pubkey
-    by_id = (await call(session, fake_kms_server, "/kms/" + contract["id"])).json()
+    assert contract["k256_pubkey"] == server.k256_pubkey
+    by_id = (await call(http_session, server, "/kms/" + contract["id"])).json()
     assert by_id == contract
 
-    node = (await call(session, fake_kms_server, "/kms/phala", version=NODE_API_VERSION)).json()
+    node = (await call(http_session, server, "/kms/phala", version=NODE_API_VERSION)).json()
     assert node["slug"] == "phala"
     assert node["chain_id"] is None
     assert node["kms_contract_address"] is None
-    by_node_id = await call(
-        session, fake_kms_server, "/kms/" + node["id"], version=NODE_API_VERSION
-    )
+    by_node_id = await call(http_session, server, "/kms/" + node["id"], version=NODE_API_VERSION)
     assert by_node_id.json() == node
     # A node id is not a contract id.
-    assert (await call(session, fake_kms_server, "/kms/" + node["id"])).status == 404
+    assert (await call(http_session, server, "/kms/" + node["id"])).status == 404
 
 
 @pytest.mark.parametrize("version", ["latest", "2026-6-23", "20260623"])
 async def test_malformed_version_is_400(
-    fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession, version: str
+    server: FakeKMSServer, http_session: aiohttp.ClientSession, version: str
 ) -> None:
-    reply = await call(session, fake_kms_server, "/kms", version=version)
+    reply = await call(http_session, server, "/kms", version=version)
     assert reply.status == 400
     assert isinstance(reply.json()["detail"], str)
 
 
-async def test_default_version_is_configurable(session: aiohttp.ClientSession) -> None:
+async def test_default_version_is_configurable(http_session: aiohttp.ClientSession) -> None:
     async with FakeKMSServer(default_version=NODE_API_VERSION) as server:
-        item = (await call(session, server, "/kms")).json()["items"][0]
+        item = (await call(http_session, server, "/kms")).json()["items"][0]
         assert "url" in item
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         FakeKMSServer(default_version="newest")
@@ -219,16 +204,16 @@ async def test_default_version_is_configurable(session: aiohttp.ClientSession) -
 
 
 async def test_paging_walks_every_node(
-    fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession
+    server: FakeKMSServer, http_session: aiohttp.ClientSession
 ) -> None:
-    first = (await call(session, fake_kms_server, "/kms", version=NODE_API_VERSION)).json()
+    first = (await call(http_session, server, "/kms", version=NODE_API_VERSION)).json()
     assert (first["total"], first["page"], first["page_size"], first["pages"]) == (50, 1, 20, 3)
     seen: list[str] = []
     for page in (1, 2, 3):
         body = (
             await call(
-                session,
-                fake_kms_server,
+                http_session,
+                server,
                 "/kms",
                 version=NODE_API_VERSION,
                 params={"page": str(page), "page_size": "20"},
@@ -237,20 +222,20 @@ async def test_paging_walks_every_node(
         assert body["page"] == page
         seen.extend(item["id"] for item in body["items"])
     assert len(seen) == len(set(seen)) == 50
-    assert seen == [node["id"] for node in fake_kms_server.nodes]
+    assert seen == [node["id"] for node in server.nodes]
     beyond = await call(
-        session, fake_kms_server, "/kms", version=NODE_API_VERSION, params={"page": "4"}
+        http_session, server, "/kms", version=NODE_API_VERSION, params={"page": "4"}
     )
     assert beyond.json() == {"items": [], "total": 50, "page": 4, "page_size": 20, "pages": 3}
     everything = await call(
-        session, fake_kms_server, "/kms", version=NODE_API_VERSION, params={"page_size": "100"}
+        http_session, server, "/kms", version=NODE_API_VERSION, params={"page_size": "100"}
     )
     assert len(everything.json()["items"]) == 50
     assert everything.json()["pages"] == 1
 
 
-async def test_node_catalogue_has_the_real_quirks(fake_kms_server: FakeKMSServer) -> None:
-    nodes = fake_kms_server.nodes
+async def test_node_catalogue_has_the_real_quirks(server: FakeKMSServer) -> None:
+    nodes = server.nodes
     on_chain = [node for node in nodes if node["chain_id"] is not None]
     assert {node["chain_id"] for node in on_chain} == {1, 8453}
     addresses = {node["kms_contract_address"] for node in on_chain if node["chain_id"] == 8453}
@@ -264,17 +249,17 @@ async def test_node_catalogue_has_the_real_quirks(fake_kms_server: FakeKMSServer
     for node in with_key:
         kms = "phala" if node["chain_id"] is None else str(node["id"])
         key = node["k256_pubkey"].lower()
-        assert key.removeprefix("0x") == fake_kms_server.k256_pubkey_for(kms)[2:]
+        assert key.removeprefix("0x") == server.k256_pubkey_for(kms)[2:]
 
 
 @pytest.mark.parametrize(("value", "onchain"), [("true", True), ("false", False)])
 async def test_is_onchain_filter(
-    fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession, value: str, onchain: bool
+    server: FakeKMSServer, http_session: aiohttp.ClientSession, value: str, onchain: bool
 ) -> None:
     nodes = (
         await call(
-            session,
-            fake_kms_server,
+            http_session,
+            server,
             "/kms",
             version=NODE_API_VERSION,
             params={"is_onchain": value, "page_size": "100"},
@@ -282,21 +267,21 @@ async def test_is_onchain_filter(
     ).json()
     assert nodes["total"] == (5 if onchain else 45)
     assert all((item["chain_id"] is not None) is onchain for item in nodes["items"])
-    contracts = (await call(session, fake_kms_server, "/kms", params={"is_onchain": value})).json()
+    contracts = (await call(http_session, server, "/kms", params={"is_onchain": value})).json()
     assert contracts["total"] == (2 if onchain else 1)
     assert all((item["chain_id"] != 0) is onchain for item in contracts["items"])
 
 
-async def test_pages_arithmetic_and_empty_results(session: aiohttp.ClientSession) -> None:
+async def test_pages_arithmetic_and_empty_results(http_session: aiohttp.ClientSession) -> None:
     async with FakeKMSServer(phala_node_count=7, include_onchain=False) as server:
         empty = await call(
-            session, server, "/kms", version=NODE_API_VERSION, params={"is_onchain": "true"}
+            http_session, server, "/kms", version=NODE_API_VERSION, params={"is_onchain": "true"}
         )
-        assert empty.json() == fixture("kms_list_empty.json")
+        assert empty.json() == load_fixture("kms_list_empty.json")
         for page_size, pages in [("1", 7), ("3", 3), ("7", 1), ("8", 1), ("100", 1)]:
             body = (
                 await call(
-                    session,
+                    http_session,
                     server,
                     "/kms",
                     version=NODE_API_VERSION,
@@ -305,16 +290,16 @@ async def test_pages_arithmetic_and_empty_results(session: aiohttp.ClientSession
             ).json()
             assert (body["total"], body["pages"]) == (7, pages)
     async with FakeKMSServer(phala_node_count=0, include_onchain=False) as server:
-        body = (await call(session, server, "/kms", version=NODE_API_VERSION)).json()
-        assert body == fixture("kms_list_empty.json")
+        body = (await call(http_session, server, "/kms", version=NODE_API_VERSION)).json()
+        assert body == load_fixture("kms_list_empty.json")
 
 
 async def test_page_size_over_100_matches_the_fixture(
-    fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession
+    server: FakeKMSServer, http_session: aiohttp.ClientSession
 ) -> None:
-    reply = await call(session, fake_kms_server, "/kms", params={"page_size": "500"})
+    reply = await call(http_session, server, "/kms", params={"page_size": "500"})
     assert reply.status == 422
-    assert reply.json() == fixture("error_validation_422.json")
+    assert reply.json() == load_fixture("error_validation_422.json")
 
 
 @pytest.mark.parametrize(
@@ -331,14 +316,14 @@ async def test_page_size_over_100_matches_the_fixture(
     ],
 )
 async def test_invalid_paging_is_422(
-    fake_kms_server: FakeKMSServer,
-    session: aiohttp.ClientSession,
+    server: FakeKMSServer,
+    http_session: aiohttp.ClientSession,
     params: dict[str, str],
     loc: str,
     kind: str,
     ctx: dict[str, int] | None,
 ) -> None:
-    reply = await call(session, fake_kms_server, "/kms", params=params)
+    reply = await call(http_session, server, "/kms", params=params)
     assert reply.status == 422
     (error,) = reply.json()["detail"]
     assert error["loc"] == ["query", loc]
@@ -349,17 +334,17 @@ async def test_invalid_paging_is_422(
 
 
 async def test_all_validation_errors_are_reported(
-    fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession
+    server: FakeKMSServer, http_session: aiohttp.ClientSession
 ) -> None:
-    reply = await call(session, fake_kms_server, "/kms", params={"page": "x", "page_size": "0"})
+    reply = await call(http_session, server, "/kms", params={"page": "x", "page_size": "0"})
     assert [error["loc"][1] for error in reply.json()["detail"]] == ["page", "page_size"]
 
 
 @pytest.mark.fake_kms_options(phala_node_count=3, include_onchain=False)
 async def test_marker_passes_constructor_options(
-    fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession
+    fake_kms_server: FakeKMSServer, http_session: aiohttp.ClientSession
 ) -> None:
-    body = (await call(session, fake_kms_server, "/kms", version=NODE_API_VERSION)).json()
+    body = (await call(http_session, fake_kms_server, "/kms", version=NODE_API_VERSION)).json()
     assert body["total"] == 3
 
 
@@ -376,16 +361,16 @@ async def test_marker_passes_constructor_options(
     ],
 )
 async def test_unknown_kms_is_a_structured_404(
-    fake_kms_server: FakeKMSServer,
-    session: aiohttp.ClientSession,
+    server: FakeKMSServer,
+    http_session: aiohttp.ClientSession,
     path: str,
     version: str | None,
     field: str,
 ) -> None:
-    reply = await call(session, fake_kms_server, path, version=version)
+    reply = await call(http_session, server, path, version=version)
     assert reply.status == 404
     body = reply.json()
-    assert set(body) == set(fixture("error_structured.json"))
+    assert set(body) == set(load_fixture("error_structured.json"))
     assert body["error_code"] == "ERR-02-011"
     assert body["message"] == "KMS not found"
     assert body["request_id"] == reply.headers["X-Request-ID"]
@@ -395,28 +380,28 @@ async def test_unknown_kms_is_a_structured_404(
 
 
 async def test_request_ids_are_unique(
-    fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession
+    server: FakeKMSServer, http_session: aiohttp.ClientSession
 ) -> None:
-    ids = {(await call(session, fake_kms_server, "/kms")).headers["X-Request-ID"] for _ in range(5)}
+    ids = {(await call(http_session, server, "/kms")).headers["X-Request-ID"] for _ in range(5)}
     assert len(ids) == 5
-    assert [entry.request_id for entry in fake_kms_server.requests] == sorted(ids)
+    assert [entry.request_id for entry in server.requests] == sorted(ids)
 
 
 async def test_trailing_slash_redirects_like_fastapi(
-    fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession
+    server: FakeKMSServer, http_session: aiohttp.ClientSession
 ) -> None:
-    reply = await call(session, fake_kms_server, "/kms/", params={"page": "2"})
+    reply = await call(http_session, server, "/kms/", params={"page": "2"})
     assert reply.status == 307
-    assert reply.headers["Location"] == fake_kms_server.base_url + "/kms?page=2"
-    unknown = await call(session, fake_kms_server, "/nothing/here")
+    assert reply.headers["Location"] == server.base_url + "/kms?page=2"
+    unknown = await call(http_session, server, "/nothing/here")
     assert unknown.status == 404
     assert unknown.json() == {"detail": "Not Found"}
 
 
 async def test_wrong_method_is_405_json(
-    fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession
+    server: FakeKMSServer, http_session: aiohttp.ClientSession
 ) -> None:
-    async with session.post(fake_kms_server.base_url + "/kms") as response:
+    async with http_session.post(server.base_url + "/kms") as response:
         assert response.status == 405
         assert await response.json() == {"detail": "Method Not Allowed"}
         assert "X-Request-ID" in response.headers
@@ -425,77 +410,78 @@ async def test_wrong_method_is_405_json(
 # -- contract nodes, on-chain, next app ids ------------------------------------------------
 
 
-async def test_contract_nodes(
-    fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession
-) -> None:
-    body = (await call(session, fake_kms_server, "/kms/base/nodes")).json()
+async def test_contract_nodes(server: FakeKMSServer, http_session: aiohttp.ClientSession) -> None:
+    body = (await call(http_session, server, "/kms/base/nodes")).json()
     assert set(body) == {"items", "total"}
     assert body["total"] == len(body["items"]) == 3
     for item in body["items"]:
         assert set(item) == {"id", "slug", "url", "version", "kms_type"}
         assert item["kms_type"] == "base"
-    phala = (await call(session, fake_kms_server, "/kms/phala/nodes")).json()
+    phala = (await call(http_session, server, "/kms/phala/nodes")).json()
     assert phala["total"] == 45
     assert phala["items"][0]["kms_type"] == "phala"
-    contract_id = fake_kms_server.contracts[2]["id"]
-    ethereum = (await call(session, fake_kms_server, f"/kms/{contract_id}/nodes")).json()
+    contract_id = server.contracts[2]["id"]
+    ethereum = (await call(http_session, server, f"/kms/{contract_id}/nodes")).json()
     assert ethereum["total"] == 2
 
 
-async def test_onchain_base(fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession) -> None:
-    body = (await call(session, fake_kms_server, "/kms/on-chain/base")).json()
-    expected = fixture("kms_onchain_base.json")
+async def test_onchain_base(server: FakeKMSServer, http_session: aiohttp.ClientSession) -> None:
+    body = (await call(http_session, server, "/kms/on-chain/base")).json()
+    expected = load_fixture("kms_onchain_base.json")
     assert set(body) == set(expected)
     assert (body["chain_name"], body["chain_id"]) == ("base", 8453)
     (contract,) = body["contracts"]
     assert set(contract) == set(expected["contracts"][0])
     assert contract["contract_address"] == expected["contracts"][0]["contract_address"]
-    assert contract["k256_pubkey"] == fake_kms_server.k256_pubkey_for("base")
+    assert contract["k256_pubkey"] == server.k256_pubkey_for("base")
     assert any("node_name" not in device for device in contract["devices"])
     assert {device["on_chain_allowed"] for device in contract["devices"]} == {True, False, None}
     assert {image["on_chain_allowed"] for image in contract["os_images"]} == {True, False, None}
     assert any(image["os_image_hash"] is None for image in contract["os_images"])
-    ethereum = (await call(session, fake_kms_server, "/kms/on-chain/ethereum")).json()
+    ethereum = (await call(http_session, server, "/kms/on-chain/ethereum")).json()
     assert ethereum["chain_id"] == 1
-    assert ethereum["contracts"][0]["k256_pubkey"] == fake_kms_server.k256_pubkey_for("ethereum")
+    assert ethereum["contracts"][0]["k256_pubkey"] == server.k256_pubkey_for("ethereum")
 
 
-async def test_onchain_without_contracts(session: aiohttp.ClientSession) -> None:
+async def test_onchain_without_contracts(http_session: aiohttp.ClientSession) -> None:
     async with FakeKMSServer(include_onchain=False, phala_node_count=1) as server:
-        body = (await call(session, server, "/kms/on-chain/ethereum")).json()
-        assert body == fixture("kms_onchain_empty.json")
+        body = (await call(http_session, server, "/kms/on-chain/ethereum")).json()
+        assert body == load_fixture("kms_onchain_empty.json")
 
 
 @pytest.mark.parametrize("chain", ["polygon", "Base", "8453"])
 async def test_unknown_chain_is_400(
-    fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession, chain: str
+    server: FakeKMSServer, http_session: aiohttp.ClientSession, chain: str
 ) -> None:
-    reply = await call(session, fake_kms_server, f"/kms/on-chain/{chain}")
+    reply = await call(http_session, server, f"/kms/on-chain/{chain}")
     assert reply.status == 400
     assert isinstance(reply.json()["detail"], str)
 
 
-async def test_next_app_ids(fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession) -> None:
-    one = (await call(session, fake_kms_server, "/kms/phala/next_app_id")).json()
+async def test_next_app_ids(server: FakeKMSServer, http_session: aiohttp.ClientSession) -> None:
+    one = (await call(http_session, server, "/kms/phala/next_app_id")).json()
     assert set(one) == {"app_ids"}
-    assert one["app_ids"] == [{"app_id": fake_kms_server.app_id_for_nonce(0), "nonce": 0}]
-    many = await call(session, fake_kms_server, "/kms/phala/next_app_id", params={"counts": "20"})
+    assert one["app_ids"] == [{"app_id": server.app_id_for_nonce(0), "nonce": 0}]
+    many = await call(http_session, server, "/kms/phala/next_app_id", params={"counts": "20"})
     app_ids = many.json()["app_ids"]
-    assert [entry["nonce"] for entry in app_ids] == list(range(1, 21))
+    assert [entry["nonce"] for entry in app_ids] == list(range(20))  # reads do not advance
     assert all(re.fullmatch("[0-9a-f]{40}", entry["app_id"]) for entry in app_ids)
     assert len({entry["app_id"] for entry in app_ids}) == 20
-    assert fake_kms_server.next_nonce == 21
-    fake_kms_server.reset()
-    again = (await call(session, fake_kms_server, "/kms/phala/next_app_id")).json()
+    assert server.next_nonce == 0
+    assert server.deploy_app() == server.app_id_for_nonce(0)
+    moved = (await call(http_session, server, "/kms/phala/next_app_id")).json()
+    assert moved["app_ids"] == [{"app_id": server.app_id_for_nonce(1), "nonce": 1}]
+    server.reset()
+    again = (await call(http_session, server, "/kms/phala/next_app_id")).json()
     assert again == one
 
 
-async def test_next_app_ids_are_deterministic(session: aiohttp.ClientSession) -> None:
+async def test_next_app_ids_are_deterministic(http_session: aiohttp.ClientSession) -> None:
     async with FakeKMSServer(first_nonce=41) as server:
-        body = await call(session, server, "/kms/phala/next_app_id", params={"counts": "2"})
+        body = await call(http_session, server, "/kms/phala/next_app_id", params={"counts": "2"})
         assert [entry["nonce"] for entry in body.json()["app_ids"]] == [41, 42]
     async with FakeKMSServer(first_nonce=41) as twin:
-        again = await call(session, twin, "/kms/phala/next_app_id", params={"counts": "2"})
+        again = await call(http_session, twin, "/kms/phala/next_app_id", params={"counts": "2"})
         assert again.json() == body.json()
 
 
@@ -504,11 +490,9 @@ async def test_next_app_ids_are_deterministic(session: aiohttp.ClientSession) ->
     [("0", "greater_than_equal"), ("21", "less_than_equal"), ("two", "int_parsing")],
 )
 async def test_next_app_id_counts_limits(
-    fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession, counts: str, kind: str
+    server: FakeKMSServer, http_session: aiohttp.ClientSession, counts: str, kind: str
 ) -> None:
-    reply = await call(
-        session, fake_kms_server, "/kms/phala/next_app_id", params={"counts": counts}
-    )
+    reply = await call(http_session, server, "/kms/phala/next_app_id", params={"counts": counts})
     assert reply.status == 422
     (error,) = reply.json()["detail"]
     assert (error["loc"], error["type"], error["input"]) == (["query", "counts"], kind, counts)
@@ -518,9 +502,9 @@ async def test_next_app_id_counts_limits(
 
 
 async def test_pubkey_signature_recovers_the_advertised_root_key(
-    fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession
+    server: FakeKMSServer, http_session: aiohttp.ClientSession
 ) -> None:
-    reply = await call(session, fake_kms_server, f"/kms/phala/pubkey/{APP_ID}")
+    reply = await call(http_session, server, f"/kms/phala/pubkey/{APP_ID}")
     body = reply.json()
     assert set(body) == {"public_key", "signature"}
     assert re.fullmatch("[0-9a-f]{64}", body["public_key"])
@@ -529,35 +513,35 @@ async def test_pubkey_signature_recovers_the_advertised_root_key(
         b"dstack-env-encrypt-pubkey:" + bytes.fromhex(APP_ID) + bytes.fromhex(body["public_key"])
     )
     assert len(message) == 78
-    advertised = (await call(session, fake_kms_server, "/kms/phala")).json()["k256_pubkey"]
-    assert recover_signer(body["signature"], message) == advertised == fake_kms_server.k256_pubkey
+    advertised = (await call(http_session, server, "/kms/phala")).json()["k256_pubkey"]
+    assert recover_signer(body["signature"], message) == advertised == server.k256_pubkey
 
 
 async def test_pubkey_matches_the_app_private_key(
-    fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession
+    server: FakeKMSServer, http_session: aiohttp.ClientSession
 ) -> None:
-    body = (await call(session, fake_kms_server, f"/kms/phala/pubkey/{APP_ID}")).json()
-    private = fake_kms_server.app_private_key("phala", APP_ID)
+    body = (await call(http_session, server, f"/kms/phala/pubkey/{APP_ID}")).json()
+    private = server.app_private_key("phala", APP_ID)
     assert len(private) == 32
     public = X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
     assert public.hex() == body["public_key"]
-    assert fake_kms_server.app_public_key("phala", "0x" + APP_ID.upper()) == public
+    assert server.app_public_key("phala", "0x" + APP_ID.upper()) == public
 
 
 async def test_pubkey_is_deterministic_per_kms_and_app(
-    fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession
+    server: FakeKMSServer, http_session: aiohttp.ClientSession
 ) -> None:
     async def key(kms: str, app_id: str) -> str:
-        reply = await call(session, fake_kms_server, f"/kms/{kms}/pubkey/{app_id}")
+        reply = await call(http_session, server, f"/kms/{kms}/pubkey/{app_id}")
         assert reply.status == 200
         return str(reply.json()["public_key"])
 
     phala = await key("phala", APP_ID)
     assert await key("phala", "0x" + APP_ID) == phala
     assert await key("phala", APP_ID.upper()) == phala
-    phala_contract, base_contract = fake_kms_server.contracts[:2]
+    phala_contract, base_contract = server.contracts[:2]
     assert await key(phala_contract["id"], APP_ID) == phala
-    assert await key(fake_kms_server.nodes[1]["id"], APP_ID) == phala
+    assert await key(server.nodes[1]["id"], APP_ID) == phala
     assert await key("phala-prod2", APP_ID) == phala
     assert await key("phala", OTHER_APP_ID) != phala
     base = await key("base", APP_ID)
@@ -567,38 +551,38 @@ async def test_pubkey_is_deterministic_per_kms_and_app(
     assert await key("ethereum", APP_ID) not in (phala, base)
     async with FakeKMSServer() as twin:
         assert twin.app_public_key("phala", APP_ID).hex() == phala
-        assert twin.k256_pubkey == fake_kms_server.k256_pubkey
+        assert twin.k256_pubkey == server.k256_pubkey
     async with FakeKMSServer(seed="another") as stranger:
         assert stranger.app_public_key("phala", APP_ID).hex() != phala
-        assert stranger.k256_pubkey != fake_kms_server.k256_pubkey
+        assert stranger.k256_pubkey != server.k256_pubkey
 
 
 async def test_each_kms_signs_with_its_own_root_key(
-    fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession
+    server: FakeKMSServer, http_session: aiohttp.ClientSession
 ) -> None:
     for kms in ("base", "ethereum"):
-        body = (await call(session, fake_kms_server, f"/kms/{kms}/pubkey/{APP_ID}")).json()
+        body = (await call(http_session, server, f"/kms/{kms}/pubkey/{APP_ID}")).json()
         message = (
             b"dstack-env-encrypt-pubkey:"
             + bytes.fromhex(APP_ID)
             + bytes.fromhex(body["public_key"])
         )
-        assert recover_signer(body["signature"], message) == fake_kms_server.k256_pubkey_for(kms)
-        private = fake_kms_server.root_private_key(kms)
+        assert recover_signer(body["signature"], message) == server.k256_pubkey_for(kms)
+        private = server.root_private_key(kms)
         assert len(private) == 32
     with pytest.raises(KeyError):
-        fake_kms_server.k256_pubkey_for("nope")
+        server.k256_pubkey_for("nope")
     with pytest.raises(ValueError, match="40 hex"):
-        fake_kms_server.app_private_key("phala", "xyz")
+        server.app_private_key("phala", "xyz")
 
 
 @pytest.mark.parametrize(
     "app_id", ["abc", APP_ID[:-1], APP_ID + "0", "0x" + APP_ID[:-2], "g" * 40, "0X" + APP_ID]
 )
 async def test_malformed_app_id_is_422(
-    fake_kms_server: FakeKMSServer, session: aiohttp.ClientSession, app_id: str
+    server: FakeKMSServer, http_session: aiohttp.ClientSession, app_id: str
 ) -> None:
-    reply = await call(session, fake_kms_server, f"/kms/phala/pubkey/{app_id}")
+    reply = await call(http_session, server, f"/kms/phala/pubkey/{app_id}")
     assert reply.status == 422
     (error,) = reply.json()["detail"]
     assert error["loc"] == ["path", "app_id"]
@@ -606,11 +590,11 @@ async def test_malformed_app_id_is_422(
     assert error["input"] == app_id
 
 
-async def test_timestamped_signatures(session: aiohttp.ClientSession) -> None:
+async def test_timestamped_signatures(http_session: aiohttp.ClientSession) -> None:
     now = 1_750_000_000.75
 
     async with FakeKMSServer(timestamped_signatures=True, clock=lambda: now) as server:
-        body = (await call(session, server, f"/kms/base/pubkey/{APP_ID}")).json()
+        body = (await call(http_session, server, f"/kms/base/pubkey/{APP_ID}")).json()
         assert set(body) == {"public_key", "signature", "timestamp", "signature_v1"}
         assert body["timestamp"] == 1_750_000_000
         public = bytes.fromhex(body["public_key"])
@@ -623,29 +607,29 @@ async def test_timestamped_signatures(session: aiohttp.ClientSession) -> None:
         assert recover_signer(body["signature"], prefix + app_id + public) == signer
 
         server.clock = lambda: now + 10
-        later = (await call(session, server, f"/kms/base/pubkey/{APP_ID}")).json()
+        later = (await call(http_session, server, f"/kms/base/pubkey/{APP_ID}")).json()
         assert later["timestamp"] == 1_750_000_010
         assert later["signature_v1"] != body["signature_v1"]
         assert later["signature"] == body["signature"]
 
         server.timestamped_signatures = False
-        legacy = (await call(session, server, f"/kms/base/pubkey/{APP_ID}")).json()
+        legacy = (await call(http_session, server, f"/kms/base/pubkey/{APP_ID}")).json()
         assert set(legacy) == {"public_key", "signature"}
 
 
-async def test_signature_cache_is_bounded(session: aiohttp.ClientSession) -> None:
+async def test_signature_cache_is_bounded(http_session: aiohttp.ClientSession) -> None:
     async with FakeKMSServer(signature_cache_size=2) as server:
         seen: dict[str, Any] = {}
         for app_id in (APP_ID, OTHER_APP_ID, "11" * 20, APP_ID):
-            body = (await call(session, server, f"/kms/phala/pubkey/{app_id}")).json()
+            body = (await call(http_session, server, f"/kms/phala/pubkey/{app_id}")).json()
             seen.setdefault(app_id, body)
             assert seen[app_id] == body
     async with FakeKMSServer(signature_cache_size=0) as uncached:
-        first = (await call(session, uncached, f"/kms/phala/pubkey/{APP_ID}")).json()
-        assert (await call(session, uncached, f"/kms/phala/pubkey/{APP_ID}")).json() == first
+        first = (await call(http_session, uncached, f"/kms/phala/pubkey/{APP_ID}")).json()
+        assert (await call(http_session, uncached, f"/kms/phala/pubkey/{APP_ID}")).json() == first
 
 
-async def test_extra_nodes_join_their_contract(session: aiohttp.ClientSession) -> None:
+async def test_extra_nodes_join_their_contract(http_session: aiohttp.ClientSession) -> None:
     extra = [
         {
             "id": "kms_extra_base",
@@ -668,15 +652,15 @@ async def test_extra_nodes_join_their_contract(session: aiohttp.ClientSession) -
         },
     ]
     async with FakeKMSServer(phala_node_count=2, extra_nodes=extra) as server:
-        listed = (await call(session, server, "/kms", version=NODE_API_VERSION)).json()
+        listed = (await call(http_session, server, "/kms", version=NODE_API_VERSION)).json()
         assert listed["total"] == 2 + 5 + 2
         assert listed["items"][-2] == extra[0]
-        nodes = (await call(session, server, "/kms/base/nodes")).json()
+        nodes = (await call(http_session, server, "/kms/base/nodes")).json()
         assert nodes["total"] == 4
         assert server.k256_pubkey_for("kms_extra_base") == server.k256_pubkey_for("base")
         local = server.k256_pubkey_for("kms_local")
         assert local not in {server.k256_pubkey_for(k) for k in ("phala", "base", "ethereum")}
-        body = (await call(session, server, f"/kms/kms-local/pubkey/{APP_ID}")).json()
+        body = (await call(http_session, server, f"/kms/kms-local/pubkey/{APP_ID}")).json()
         message = (
             b"dstack-env-encrypt-pubkey:"
             + bytes.fromhex(APP_ID)

@@ -1,6 +1,6 @@
 """Resource hygiene: threads, connection pools and sockets are released in every exit path.
 
-The autouse ``_no_leaked_clients`` fixture in conftest.py checks every test of the suite
+The autouse ``_no_leaked_clients`` fixture in tests/conftest.py checks every test of the suite
 (no ``phala-kms-loop`` thread left running without an open client owning it, no
 ``ResourceWarning`` from an unclosed aiohttp session, connector, socket or transport);
 the tests here drive the exit paths that could leak: errors, cancellation, Ctrl-C,
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import textwrap
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,8 @@ from phala_kms import (
 )
 from phala_kms.testing import FakeKMSServer, LatencyFault, StatusFault
 
-REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent.parent
+REPO = TESTS.parent
 NO_WAIT = RetryPolicy(max_retries=1, initial_backoff=0.0, jitter=0.0)
 PORTAL = "phala-kms-loop"
 
@@ -46,13 +48,9 @@ def portal_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == PORTAL and t.is_alive()]
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    give_up = time.monotonic() + timeout
-    while time.monotonic() < give_up:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
+WaitUntil = Callable[..., bool]
+
+pytestmark = pytest.mark.fake_kms_options(phala_node_count=2, include_onchain=False)
 
 
 def resource_warnings_after_gc() -> list[str]:
@@ -61,20 +59,6 @@ def resource_warnings_after_gc() -> list[str]:
         gc.collect()
         gc.collect()
     return [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
-
-
-def closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def server() -> Iterator[FakeKMSServer]:
-    with FakeKMSServer.in_thread(phala_node_count=2, include_onchain=False) as srv:
-        yield srv
 
 
 def run_script(code: str, timeout: float = 30.0, *args: str) -> subprocess.CompletedProcess[str]:
@@ -96,7 +80,7 @@ def run_script(code: str, timeout: float = 30.0, *args: str) -> subprocess.Compl
 
 
 @pytest.mark.timeout(30)
-def test_sync_client_after_errors_leaves_no_thread(server: FakeKMSServer) -> None:
+def test_sync_client_after_errors_leaves_no_thread(server: FakeKMSServer, closed_port: int) -> None:
     baseline = threading.active_count()
     before = portal_threads()
     client = KMSClient(server.api_key, server.base_url, retry_policy=NO_WAIT, timeout=0.3)
@@ -114,7 +98,7 @@ def test_sync_client_after_errors_leaves_no_thread(server: FakeKMSServer) -> Non
     assert portal_threads() == before
     assert threading.active_count() == baseline
     refused = KMSClient(
-        server.api_key, f"http://127.0.0.1:{closed_port()}/api/v1", retry_policy=NO_WAIT
+        server.api_key, f"http://127.0.0.1:{closed_port}/api/v1", retry_policy=NO_WAIT
     )
     with pytest.raises(ConnectRefusedError):
         refused.get_kms_info("phala")
@@ -124,82 +108,85 @@ def test_sync_client_after_errors_leaves_no_thread(server: FakeKMSServer) -> Non
 
 
 @pytest.mark.timeout(30)
-async def test_async_client_after_errors_closes_its_pool() -> None:
-    async with FakeKMSServer(phala_node_count=1, include_onchain=False) as server:
-        client = AsyncKMSClient(server.api_key, server.base_url, retry_policy=NO_WAIT, timeout=0.3)
-        with pytest.raises(NotFoundError):
-            await client.get_kms_info("no-such-kms")
-        server.inject("kms_info", StatusFault(503), times=2)
-        with pytest.raises(ServerError):
-            await client.get_kms_info("phala")
-        server.inject("kms_info", LatencyFault(3.0), times=2)
-        with pytest.raises(APITimeoutError):
-            await client.get_kms_info("phala")
-        assert (await client.get_kms_info("phala")).slug == "phala"
-        await client.aclose()
-        assert client.closed
-        with pytest.raises(ClientStateError):
-            await client.get_kms_info("phala")
-        del client
-        assert resource_warnings_after_gc() == []
-        assert wait_until(lambda: server.in_flight == 0)
+async def test_async_client_after_errors_closes_its_pool(
+    server: FakeKMSServer, wait_until: WaitUntil
+) -> None:
+    client = AsyncKMSClient(server.api_key, server.base_url, retry_policy=NO_WAIT, timeout=0.3)
+    with pytest.raises(NotFoundError):
+        await client.get_kms_info("no-such-kms")
+    server.inject("kms_info", StatusFault(503), times=2)
+    with pytest.raises(ServerError):
+        await client.get_kms_info("phala")
+    server.inject("kms_info", LatencyFault(3.0), times=2)
+    with pytest.raises(APITimeoutError):
+        await client.get_kms_info("phala")
+    assert (await client.get_kms_info("phala")).slug == "phala"
+    await client.aclose()
+    assert client.closed
+    with pytest.raises(ClientStateError):
+        await client.get_kms_info("phala")
+    del client
+    assert resource_warnings_after_gc() == []
+    assert wait_until(lambda: server.in_flight == 0)
 
 
 # --------------------------------------------------------------------------- cancellation
 
 
 @pytest.mark.timeout(30)
-async def test_cancelled_request_ends_on_the_server_and_the_client_still_works() -> None:
-    async with FakeKMSServer(phala_node_count=1, include_onchain=False) as server:
+async def test_cancelled_request_ends_on_the_server_and_the_client_still_works(
+    server: FakeKMSServer,
+) -> None:
+    server.inject("kms_info", LatencyFault(30.0), times=1)
+    async with AsyncKMSClient(server.api_key, server.base_url) as client:
+        task = asyncio.ensure_future(client.get_kms_info("phala"))
+        for _ in range(500):
+            if server.in_flight:
+                break
+            await asyncio.sleep(0.01)
+        assert server.in_flight == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(500):
+            if not server.in_flight:
+                break
+            await asyncio.sleep(0.01)
+        assert server.in_flight == 0  # the server saw the request end
+        # A caller's own timeout is a cancellation too (not our APITimeoutError).
         server.inject("kms_info", LatencyFault(30.0), times=1)
-        async with AsyncKMSClient(server.api_key, server.base_url) as client:
-            task = asyncio.ensure_future(client.get_kms_info("phala"))
-            for _ in range(500):
-                if server.in_flight:
-                    break
-                await asyncio.sleep(0.01)
-            assert server.in_flight == 1
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            for _ in range(500):
-                if not server.in_flight:
-                    break
-                await asyncio.sleep(0.01)
-            assert server.in_flight == 0  # the server saw the request end
-            # A caller's own timeout is a cancellation too (not our APITimeoutError).
-            server.inject("kms_info", LatencyFault(30.0), times=1)
-            with pytest.raises(asyncio.TimeoutError) as caught:
-                await asyncio.wait_for(client.get_kms_info("phala"), 0.2)
-            assert not isinstance(caught.value, APITimeoutError)
-            assert (await client.get_kms_info("phala")).slug == "phala"
-        assert server.route_counts == {"kms_info": 3}
+        with pytest.raises(asyncio.TimeoutError) as caught:
+            await asyncio.wait_for(client.get_kms_info("phala"), 0.2)
+        assert not isinstance(caught.value, APITimeoutError)
+        assert (await client.get_kms_info("phala")).slug == "phala"
+    assert server.route_counts == {"kms_info": 3}
 
 
 @pytest.mark.timeout(30)
-async def test_cancelled_during_a_retry_wait() -> None:
-    async with FakeKMSServer(phala_node_count=1, include_onchain=False) as server:
-        server.inject("kms_info", StatusFault(503, retry_after=30), times=1)
-        async with AsyncKMSClient(server.api_key, server.base_url) as client:
-            task = asyncio.ensure_future(client.get_kms_info("phala"))
-            for _ in range(500):
-                if server.route_counts.get("kms_info") and server.in_flight == 0:
-                    break
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.05)  # now inside the 30 s wait
-            assert not task.done()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert server.route_counts == {"kms_info": 1}  # the retry never happened
-            assert (await client.get_kms_info("phala")).slug == "phala"
+async def test_cancelled_during_a_retry_wait(server: FakeKMSServer) -> None:
+    server.inject("kms_info", StatusFault(503), times=1)  # backoff, no client-wide hold
+    async with AsyncKMSClient(server.api_key, server.base_url) as client:
+        task = asyncio.ensure_future(client.get_kms_info("phala"))
+        for _ in range(500):
+            if server.route_counts.get("kms_info") and server.in_flight == 0:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # now inside the 30 s wait
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert server.route_counts == {"kms_info": 1}  # the retry never happened
+        assert (await client.get_kms_info("phala")).slug == "phala"
 
 
 # --------------------------------------------------------------------------- Ctrl-C
 
 
 @pytest.mark.timeout(30)
-def test_ctrl_c_in_the_sync_facade_cancels_the_request(server: FakeKMSServer) -> None:
+def test_ctrl_c_in_the_sync_facade_cancels_the_request(
+    server: FakeKMSServer, wait_until: WaitUntil
+) -> None:
     """A real SIGINT (what a terminal's Ctrl-C sends) while a request is in flight."""
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals are delivered to the main thread only")
@@ -272,24 +259,25 @@ def test_interrupt_main_in_the_sync_facade_is_prompt() -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_aclose_while_a_call_waits_to_retry() -> None:
-    async with FakeKMSServer(phala_node_count=1, include_onchain=False) as server:
-        server.inject("kms_info", StatusFault(503, retry_after=0.5), times=1)
-        client = AsyncKMSClient(server.api_key, server.base_url)
-        task = asyncio.ensure_future(client.get_kms_info("phala"))
-        for _ in range(500):
-            if server.route_counts.get("kms_info"):
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)
-        await client.aclose()
-        with pytest.raises(ClientStateError):  # was a bare RuntimeError("Session is closed")
-            await task
-        assert server.route_counts == {"kms_info": 1}
+async def test_aclose_while_a_call_waits_to_retry(server: FakeKMSServer) -> None:
+    server.inject("kms_info", StatusFault(503, retry_after=0.5), times=1)
+    client = AsyncKMSClient(server.api_key, server.base_url)
+    task = asyncio.ensure_future(client.get_kms_info("phala"))
+    for _ in range(500):
+        if server.route_counts.get("kms_info"):
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    await client.aclose()
+    with pytest.raises(ClientStateError):  # was a bare RuntimeError("Session is closed")
+        await task
+    assert server.route_counts == {"kms_info": 1}
 
 
 @pytest.mark.timeout(30)
-def test_close_while_another_thread_waits_to_retry_is_prompt(server: FakeKMSServer) -> None:
+def test_close_while_another_thread_waits_to_retry_is_prompt(
+    server: FakeKMSServer, wait_until: WaitUntil
+) -> None:
     server.inject("kms_info", StatusFault(503, retry_after=1.5), times=1)
     client = KMSClient(server.api_key, server.base_url)
     ended: list[tuple[type[BaseException], float]] = []
@@ -481,9 +469,8 @@ def test_clean():
 
 @pytest.mark.timeout(60)
 def test_the_leak_check_fires(tmp_path: Path) -> None:
-    (tmp_path / "conftest.py").write_text(
-        "from tests.conftest import _no_leaked_clients  # noqa: F401\n"
-    )
+    # The suite's own conftest (and so its leak check) applies to the leaky tests.
+    shutil.copy(TESTS / "conftest.py", tmp_path / "conftest.py")
     (tmp_path / "test_leaky.py").write_text(LEAKY_TESTS)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
@@ -500,6 +487,8 @@ def test_the_leak_check_fires(tmp_path: Path) -> None:
             "addopts=",
             "-o",
             "asyncio_default_fixture_loop_scope=function",
+            "-o",
+            "asyncio_mode=auto",
             "--rootdir",
             str(tmp_path),
             str(tmp_path / "test_leaky.py"),

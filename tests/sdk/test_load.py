@@ -1,6 +1,6 @@
 """Bounded load: 10,000 requests with 10% of responses faulted, through one client.
 
-Run with ``nox -s stress`` or ``pytest -m stress -o addopts= tests/test_stress.py -s``
+Run with ``nox -s stress`` or ``pytest -m stress -o addopts= tests/sdk/test_load.py -s``
 (the figures are printed). Traffic goes to a fake on 127.0.0.1 only, and every test
 stops by itself well within a minute on two cores.
 
@@ -9,7 +9,8 @@ sent (so the fake never scans thousands of injections): a 503 or a 429 with a 10
 ``Retry-After`` fails the first attempt only (one retry, then success), a 404 fails it
 for good (never retried). So the outcome of every request is known in advance, and the
 fake's request count must equal successes + retries + final failures exactly. Retries
-are counted where the retry loop waits (``_transport._sleep``), which still really waits.
+are counted where the retry loop waits (``instant_retries``, which skips the waits: they
+are 10-50 ms and would only slow the run, not change any count).
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ import re
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-import phala_kms._transport as transport_module
 from phala_kms import (
     AsyncKMSClient,
     KMSClient,
@@ -38,11 +38,21 @@ from phala_kms import (
     PhalaKMSError,
     RetryPolicy,
 )
-from phala_kms.testing import FakeKMSServer, LatencyFault, StatusFault
-
-pytestmark = pytest.mark.stress
+from phala_kms.testing import FakeKMSServer, LatencyFault, StatusFault, instant_retries
 
 TOTAL = 10_000
+
+# Every app key stays cached in the fake, so a repeated run allocates nothing there.
+pytestmark = [
+    pytest.mark.stress,
+    pytest.mark.fake_kms_options(
+        phala_node_count=1,
+        include_onchain=False,
+        request_log_size=100,
+        signature_cache_size=2 * TOTAL,
+    ),
+]
+
 CONCURRENCY = 256
 THREADS = 16
 POOL = 64  # below the concurrency, so the pool limit is what bounds the fake's in-flight
@@ -109,9 +119,13 @@ def app_ids(total: int, salt: int) -> list[str]:
 
 @dataclass
 class Tally:
-    retries: int = 0
+    waits: list[float] = field(default_factory=list)  # the retry waits, from instant_retries
     latencies: list[float] = field(default_factory=list)
     timing: bool = True  # off while measuring memory (the list itself would count)
+
+    @property
+    def retries(self) -> int:
+        return len(self.waits)
 
     def took(self, seconds: float) -> None:
         if self.timing:
@@ -119,35 +133,22 @@ class Tally:
 
 
 @pytest.fixture
-def tally(monkeypatch: pytest.MonkeyPatch) -> Tally:
-    counts = Tally()
-    sleep = asyncio.sleep
-
-    async def counted(delay: float) -> None:
-        counts.retries += 1  # only the client's loop thread runs this
-        await sleep(delay)
-
-    monkeypatch.setattr(transport_module, "_sleep", counted)
-    return counts
+def tally() -> Tally:
+    return Tally()
 
 
 @pytest.fixture
-def server() -> Iterator[FakeKMSServer]:
-    # Every app key stays cached in the fake, so a repeated run allocates nothing there.
-    with FakeKMSServer.in_thread(
-        phala_node_count=1,
-        include_onchain=False,
-        request_log_size=100,
-        signature_cache_size=2 * TOTAL,
-    ) as srv:
-        srv.inject("app_pubkey", LatencyFault(SERVER_LATENCY), times=None)
-        yield srv
+def loaded(server: FakeKMSServer) -> FakeKMSServer:
+    """``server`` with every pubkey request held for ``SERVER_LATENCY``."""
+    server.inject("app_pubkey", LatencyFault(SERVER_LATENCY), times=None)
+    return server
 
 
 def reset(server: FakeKMSServer, tally: Tally) -> None:
     server.reset()
     server.inject("app_pubkey", LatencyFault(SERVER_LATENCY), times=None)
-    tally.retries, tally.latencies = 0, []
+    tally.waits.clear()
+    tally.latencies = []
 
 
 def pct(values: list[float], q: float) -> float:
@@ -234,15 +235,20 @@ async def run_async(
 
 @pytest.mark.timeout(60)
 def test_ten_thousand_requests_through_one_async_client(
-    server: FakeKMSServer, tally: Tally
+    loaded: FakeKMSServer, tally: Tally
 ) -> None:
+    server = loaded
     loop = asyncio.new_event_loop()  # one loop for every run: the client stays bound to it
     client = AsyncKMSClient(
         server.api_key, server.base_url, retry_policy=POLICY, max_connections=POOL
     )
 
     def run(ids: list[str], kinds: list[str | None]) -> list[Any]:
-        return loop.run_until_complete(run_async(client, server, ids, kinds, tally))
+        with instant_retries(client) as waits:
+            try:
+                return loop.run_until_complete(run_async(client, server, ids, kinds, tally))
+            finally:
+                tally.waits.extend(waits)
 
     try:
         run(app_ids(2_000, 1), plan(2_000, 1))  # warm up: connections, caches
@@ -269,12 +275,17 @@ def test_ten_thousand_requests_through_one_async_client(
 
 @pytest.mark.timeout(60)
 def test_ten_thousand_requests_through_one_sync_client_shared_by_16_threads(
-    server: FakeKMSServer, tally: Tally
+    loaded: FakeKMSServer, tally: Tally
 ) -> None:
+    server = loaded
     threads_before = threading.active_count()
-    with KMSClient(
-        server.api_key, server.base_url, retry_policy=POLICY, max_connections=POOL
-    ) as client:
+    with (
+        KMSClient(
+            server.api_key, server.base_url, retry_policy=POLICY, max_connections=POOL
+        ) as client,
+        instant_retries(client) as waits,
+    ):
+        tally.waits = waits  # the same list: it fills as the threads' retries happen
 
         def one(item: tuple[str, str | None]) -> Any:
             app, kind = item
@@ -327,11 +338,14 @@ def test_fan_out_of_ten_thousand_ids_with_glob_faults(server: FakeKMSServer, tal
         async with AsyncKMSClient(
             server.api_key, server.base_url, retry_policy=POLICY, max_connections=POOL
         ) as client:
-            started = time.perf_counter()
-            results = await client.get_app_env_encrypt_pubkeys(
-                "phala", ids, concurrency=CONCURRENCY, return_exceptions=True
-            )
-            return time.perf_counter() - started, results
+            with instant_retries(client) as waits:
+                started = time.perf_counter()
+                results = await client.get_app_env_encrypt_pubkeys(
+                    "phala", ids, concurrency=CONCURRENCY, return_exceptions=True
+                )
+                elapsed = time.perf_counter() - started
+            tally.waits.extend(waits)
+            return elapsed, results
 
     elapsed, results = asyncio.run(main())
     ok = [r for r in results if not isinstance(r, BaseException)]

@@ -13,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
-import socket
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -41,7 +40,7 @@ from phala_kms.testing import (
     WrongShapeFault,
     decrypt_env_vars,
 )
-from tests.conftest import API_KEY
+from tests.helpers import API_KEY
 
 WRONG_KEY = "phak_wrong_SECRET_also_hidden_19b2e0"
 ENV_SECRET = "env-value-SECRET-8d1e4c"
@@ -49,17 +48,10 @@ ENV = {"DATABASE_URL": f"postgres://app:{ENV_SECRET}@db/prod", "TOKEN": ENV_SECR
 APP_ID = "0123456789abcdef0123456789abcdef01234567"
 POLICY = RetryPolicy(max_retries=1, initial_backoff=0.0, jitter=0.0)
 
+# The fake accepts the test key, so it is the key the clients send.
+pytestmark = pytest.mark.fake_kms_options(api_key=API_KEY, phala_node_count=2)
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def server() -> Iterator[FakeKMSServer]:
-    with FakeKMSServer.in_thread(api_key=API_KEY, phala_node_count=2) as srv:
-        yield srv
+MakeClient = Callable[..., Any]
 
 
 @pytest.fixture
@@ -172,41 +164,16 @@ def failing_calls(server: FakeKMSServer) -> list[tuple[str, Fault, Callable[[Any
     ]
 
 
-class AsyncRunner:
-    """Runs ``call(client)`` on one AsyncKMSClient inside ``asyncio.run``."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.kwargs = kwargs
-
-    def __call__(self, call: Callable[[Any], Any]) -> Any:
-        async def go() -> Any:
-            async with AsyncKMSClient(**self.kwargs) as client:
-                return await call(client)
-
-        return asyncio.run(go())
-
-
-class SyncRunner:
-    def __init__(self, **kwargs: Any) -> None:
-        self.kwargs = kwargs
-
-    def __call__(self, call: Callable[[Any], Any]) -> Any:
-        with KMSClient(**self.kwargs) as client:
-            return call(client)
-
-
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("runner_type", [AsyncRunner, SyncRunner], ids=["async", "sync"])
 def test_no_secret_in_errors_or_logs(
     server: FakeKMSServer,
     secrets: list[str],
     debug_logs: pytest.LogCaptureFixture,
-    runner_type: type[AsyncRunner] | type[SyncRunner],
+    make_client: MakeClient,
+    closed_port: int,
 ) -> None:
     with FakeKMSServer.in_thread(api_key=API_KEY, phala_node_count=1) as evil:
-        runner = runner_type(
-            api_key=API_KEY, base_url=server.base_url, retry_policy=POLICY, timeout=0.3
-        )
+        client = make_client(retry_policy=POLICY, timeout=0.3)
         seen: dict[str, PhalaKMSError] = {}
         for name, fault, call in failing_calls(server):
             server.clear_faults()
@@ -216,21 +183,19 @@ def test_no_secret_in_errors_or_logs(
                     what = RedirectFault(307, location=evil.base_url + "/kms/phala")
                 server.inject(route, what, times=None)
             with pytest.raises(PhalaKMSError) as caught:
-                runner(call)
+                client.run(call)
             seen[name] = caught.value
         server.clear_faults()
         # A wrong key is a secret too: 403 from the server's key check.
-        wrong = runner_type(api_key=WRONG_KEY, base_url=server.base_url, retry_policy=POLICY)
+        wrong = make_client(api_key=WRONG_KEY, retry_policy=POLICY)
         with pytest.raises(PhalaKMSError) as caught:
-            wrong(lambda c: c.get_kms_info("phala"))
+            wrong.get_kms_info("phala")
         seen["403"] = caught.value
-        refused = runner_type(
-            api_key=API_KEY,
-            base_url=f"http://127.0.0.1:{closed_port()}/api/v1",
-            retry_policy=POLICY,
+        refused = make_client(
+            base_url=f"http://127.0.0.1:{closed_port}/api/v1", retry_policy=POLICY
         )
         with pytest.raises(PhalaKMSError) as caught:
-            refused(lambda c: c.get_kms_info("phala"))
+            refused.get_kms_info("phala")
         seen["refused"] = caught.value
         assert evil.total_requests == 0
 
@@ -271,6 +236,32 @@ def test_no_secret_in_errors_or_logs(
         assert_hidden(record.getMessage() + repr(record.args) + repr(record.__dict__), secrets)
     for request in server.requests:  # the key travels in a header, never in the URL
         assert API_KEY not in request.path and API_KEY not in repr(dict(request.query))
+
+
+async def test_the_api_key_stays_out_of_captured_locals_and_chained_request_info() -> None:
+    # A malformed status line makes aiohttp raise an error that carries request_info.
+    async def bad_status(reader: Any, writer: Any) -> None:
+        await reader.readline()
+        writer.write(b"HTTP/1.1 9999 Nope\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(bad_status, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        async with AsyncKMSClient(API_KEY, f"http://127.0.0.1:{port}/api/v1", max_retries=0) as c:
+            with pytest.raises(Exception) as caught:
+                await c.get_kms_info("phala")
+    finally:
+        srv.close()
+        await srv.wait_closed()
+    err = caught.value
+    text = "".join(traceback.TracebackException.from_exception(err, capture_locals=True).format())
+    assert "headers" in text  # the locals really were captured
+    assert API_KEY not in text
+    cause = err.__cause__
+    assert cause is not None
+    assert API_KEY not in repr(getattr(cause, "request_info", ""))
 
 
 def test_reprs_hide_the_key_and_values(secrets: list[str]) -> None:
@@ -334,16 +325,15 @@ def test_encryption_errors_hide_values_and_keys(server: FakeKMSServer, secrets: 
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
-@pytest.mark.parametrize("kind", ["async", "sync"])
-def test_redirects_are_never_followed(server: FakeKMSServer, status: int, kind: str) -> None:
+def test_redirects_are_never_followed(
+    server: FakeKMSServer, make_client: MakeClient, status: int
+) -> None:
     with FakeKMSServer.in_thread(api_key=API_KEY, phala_node_count=1) as evil:
         target = evil.base_url + "/kms/phala"
         server.inject("*", RedirectFault(status, location=target), times=None)
-        runner = (AsyncRunner if kind == "async" else SyncRunner)(
-            api_key=API_KEY, base_url=server.base_url, retry_policy=RetryPolicy(max_retries=3)
-        )
+        client = make_client(retry_policy=RetryPolicy(max_retries=3))
         with pytest.raises(RedirectError) as caught:
-            runner(lambda c: c.get_kms_info("phala"))
+            client.get_kms_info("phala")
         err = caught.value
         assert err.status == status and err.location == target and err.attempts == 1
         assert server.total_requests == 1  # exactly one request, not retried

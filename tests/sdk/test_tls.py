@@ -21,7 +21,6 @@ import pytest_asyncio
 import trustme
 from aiohttp import web
 
-import phala_kms._transport as transport_module
 from phala_kms import (
     AsyncKMSClient,
     ConfigurationError,
@@ -31,8 +30,8 @@ from phala_kms import (
     TLSError,
     TransportError,
 )
-from phala_kms.testing import FakeKMSServer
-from tests.conftest import API_KEY
+from phala_kms.testing import FakeKMSServer, instant_retries
+from tests.helpers import API_KEY
 
 KMS_INFO = {
     "id": "kms_tls0001",
@@ -81,17 +80,6 @@ class TLSServer:
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:
     return trustme.CA()
-
-
-@pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    recorded: list[float] = []
-
-    async def record(delay: float) -> None:
-        recorded.append(delay)
-
-    monkeypatch.setattr(transport_module, "_sleep", record)
-    return recorded
 
 
 @pytest_asyncio.fixture
@@ -145,11 +133,9 @@ def check_tls_error(err: BaseException, port: int) -> None:
 
 
 @pytest.mark.timeout(20)
-async def test_self_signed_certificate_is_refused_by_default(
-    tls_server: TLSServer, waits: list[float]
-) -> None:
+async def test_self_signed_certificate_is_refused_by_default(tls_server: TLSServer) -> None:
     async with AsyncKMSClient(API_KEY, tls_server.base_url, retry_policy=RETRIES) as client:
-        with pytest.raises(TLSError) as caught:
+        with instant_retries(client) as waits, pytest.raises(TLSError) as caught:
             await client.get_kms_info("phala")
     check_tls_error(caught.value, tls_server.port)
     assert "certificate verify failed" in str(caught.value)
@@ -158,9 +144,10 @@ async def test_self_signed_certificate_is_refused_by_default(
 
 
 @pytest.mark.timeout(20)
-def test_sync_client_refuses_it_too(tls_server_thread: TLSServer, waits: list[float]) -> None:
+def test_sync_client_refuses_it_too(tls_server_thread: TLSServer) -> None:
     with (
         KMSClient(API_KEY, tls_server_thread.base_url, retry_policy=RETRIES) as client,
+        instant_retries(client) as waits,
         pytest.raises(TLSError) as caught,
     ):
         client.get_kms_info("phala")
@@ -170,14 +157,13 @@ def test_sync_client_refuses_it_too(tls_server_thread: TLSServer, waits: list[fl
 
 
 @pytest.mark.timeout(20)
-async def test_explicit_ca_through_a_caller_session(
-    ca: trustme.CA, tls_server: TLSServer, waits: list[float]
-) -> None:
+async def test_explicit_ca_through_a_caller_session(ca: trustme.CA, tls_server: TLSServer) -> None:
     connector = aiohttp.TCPConnector(ssl=trusting(ca))
     async with aiohttp.ClientSession(connector=connector) as session:
         async with AsyncKMSClient(API_KEY, tls_server.base_url, session=session) as client:
-            info = await client.get_kms_info("phala")
-            assert (await client.get_kms_info("phala")).id == info.id
+            with instant_retries(client) as waits:
+                info = await client.get_kms_info("phala")
+                assert (await client.get_kms_info("phala")).id == info.id
         assert not session.closed  # the caller's session is left open for its owner
     assert info.id == "kms_tls0001" and info.slug == "phala"
     assert tls_server.keys == [API_KEY, API_KEY]
@@ -185,16 +171,14 @@ async def test_explicit_ca_through_a_caller_session(
 
 
 @pytest.mark.timeout(20)
-async def test_trusted_ca_but_wrong_host_name_is_refused(
-    ca: trustme.CA, waits: list[float]
-) -> None:
+async def test_trusted_ca_but_wrong_host_name_is_refused(ca: trustme.CA) -> None:
     server = TLSServer(ca.issue_cert("kms.example"))  # not valid for 127.0.0.1
     await server.start()
     try:
         connector = aiohttp.TCPConnector(ssl=trusting(ca))
         async with aiohttp.ClientSession(connector=connector) as session:
             client = AsyncKMSClient(API_KEY, server.base_url, session=session, retry_policy=RETRIES)
-            with pytest.raises(TLSError) as caught:
+            with instant_retries(client) as waits, pytest.raises(TLSError) as caught:
                 await client.get_kms_info("phala")
             await client.aclose()
     finally:
@@ -205,7 +189,7 @@ async def test_trusted_ca_but_wrong_host_name_is_refused(
 
 
 @pytest.mark.timeout(20)
-async def test_expired_certificate_is_refused(ca: trustme.CA, waits: list[float]) -> None:
+async def test_expired_certificate_is_refused(ca: trustme.CA) -> None:
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = ca.issue_cert(
         "127.0.0.1",
@@ -229,19 +213,19 @@ async def test_expired_certificate_is_refused(ca: trustme.CA, waits: list[float]
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.fake_kms_options(phala_node_count=1, api_key=API_KEY)
 async def test_https_to_a_plain_http_port_fails_without_sending_the_key(
-    waits: list[float],
+    server: FakeKMSServer,
 ) -> None:
-    async with FakeKMSServer(phala_node_count=1, api_key=API_KEY) as fake:
-        base = f"https://127.0.0.1:{fake.port}/api/v1"
-        async with AsyncKMSClient(API_KEY, base, retry_policy=RETRIES) as client:
-            with pytest.raises(TransportError) as caught:
-                await client.get_kms_info("phala")
-        err: Any = caught.value
-        assert isinstance(err, TLSError), repr(err)
-        assert err.attempts == 1 and waits == []
-        # The TLS ClientHello is not HTTP: the fake never saw a request, let alone the key.
-        assert fake.total_requests == 0
+    base = f"https://127.0.0.1:{server.port}/api/v1"
+    async with AsyncKMSClient(API_KEY, base, retry_policy=RETRIES) as client:
+        with instant_retries(client) as waits, pytest.raises(TransportError) as caught:
+            await client.get_kms_info("phala")
+    err: Any = caught.value
+    assert isinstance(err, TLSError), repr(err)
+    assert err.attempts == 1 and waits == []
+    # The TLS ClientHello is not HTTP: the fake never saw a request, let alone the key.
+    assert server.total_requests == 0
 
 
 # --------------------------------------------------------------------------- ssl_context=
@@ -249,10 +233,11 @@ async def test_https_to_a_plain_http_port_fails_without_sending_the_key(
 
 @pytest.mark.timeout(20)
 async def test_async_client_trusts_a_private_ca_through_ssl_context(
-    ca: trustme.CA, tls_server: TLSServer, waits: list[float]
+    ca: trustme.CA, tls_server: TLSServer
 ) -> None:
     async with AsyncKMSClient(API_KEY, tls_server.base_url, ssl_context=trusting(ca)) as client:
-        info = await client.get_kms_info("phala")
+        with instant_retries(client) as waits:
+            info = await client.get_kms_info("phala")
     assert info.id == "kms_tls0001"
     assert tls_server.keys == [API_KEY]
     assert waits == []
@@ -269,7 +254,7 @@ def test_sync_client_trusts_a_private_ca_through_ssl_context(
 
 
 @pytest.mark.timeout(20)
-def test_ssl_context_still_checks_the_name_and_the_ca(ca: trustme.CA, waits: list[float]) -> None:
+def test_ssl_context_still_checks_the_name_and_the_ca(ca: trustme.CA) -> None:
     other = trustme.CA()  # a CA that did not sign the server's certificate
     context = trusting(ca)
     server = TLSServer(ca.issue_cert("kms.example"))  # trusted CA, wrong name
@@ -280,6 +265,7 @@ def test_ssl_context_still_checks_the_name_and_the_ca(ca: trustme.CA, waits: lis
     try:
         with (
             KMSClient(API_KEY, server.base_url, ssl_context=context, retry_policy=RETRIES) as c,
+            instant_retries(c) as waits,
             pytest.raises(TLSError) as caught,
         ):
             c.get_kms_info("phala")
@@ -287,6 +273,7 @@ def test_ssl_context_still_checks_the_name_and_the_ca(ca: trustme.CA, waits: lis
             KMSClient(
                 API_KEY, server.base_url, ssl_context=trusting(other), retry_policy=RETRIES
             ) as c,
+            instant_retries(c) as other_waits,
             pytest.raises(TLSError),
         ):
             c.get_kms_info("phala")
@@ -296,7 +283,7 @@ def test_ssl_context_still_checks_the_name_and_the_ca(ca: trustme.CA, waits: lis
         loop.run_until_complete(server.close())
         loop.close()
     check_tls_error(caught.value, server.port)
-    assert waits == []
+    assert waits == [] and other_waits == []
     assert server.keys == []
 
 
