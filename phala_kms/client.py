@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Literal, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from ._constants import DEFAULT_CONCURRENCY, DEFAULT_MAX_AGE
 from ._fanout import ProgressCallback, fan_out, stream_fan_out
@@ -18,6 +18,8 @@ from ._secrets import Hidden
 from ._trusted import TrustedKeyEndpoints
 from .errors import InvalidArgumentError, PhalaKMSError
 from .models import AppEnvEncryptPubKey, TrustedSigner, VerifiedAppEnvEncryptPubKey
+
+_KeyT = TypeVar("_KeyT")
 
 if TYPE_CHECKING:
     from .crypto import EnvVarsLike, SignerLike
@@ -544,18 +546,8 @@ class AsyncKMSClient(TrustedKeyEndpoints):
                 first step, before any request.
         """
         fetch = self._pubkey_fetch(kms, None, DEFAULT_MAX_AGE, concurrency, api_version, False)
-        stream = stream_fan_out(
-            app_ids,
-            fetch,
-            normalise=app_id_hex,
-            workers=min(concurrency, self._pool_limit),
-            kms=kms,
-        )
-        try:
-            async for app_id, result in stream:
-                yield cast(str, app_id), result
-        finally:
-            await stream.aclose()
+        async for item in self._stream(kms, app_ids, fetch, concurrency):
+            yield item
 
     async def iter_verified_app_env_encrypt_pubkeys(
         self,
@@ -601,6 +593,17 @@ class AsyncKMSClient(TrustedKeyEndpoints):
         fetch = self._pubkey_fetch(
             kms, trusted_signer, max_age, concurrency, api_version, require_timestamped
         )
+        async for item in self._stream(kms, app_ids, fetch, concurrency):
+            yield item
+
+    async def _stream(
+        self,
+        kms: str,
+        app_ids: Iterable[str],
+        fetch: Callable[[str], Awaitable[_KeyT]],
+        concurrency: int,
+    ) -> AsyncIterator[tuple[str, _KeyT | PhalaKMSError]]:
+        """The one streaming walk behind both ``iter_*app_env_encrypt_pubkeys``."""
         stream = stream_fan_out(
             app_ids,
             fetch,
