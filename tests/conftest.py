@@ -21,13 +21,13 @@ Checks on every test
     ``KMSClient`` loop thread, aiohttp session, connector or socket is leaked.
 
 Response bodies (``load_fixture``, ``fixture_bytes``), ``API_KEY`` and ``MOCK_BASE`` are
-in ``tests/helpers.py``: parametrize lists need them at import time.
+in ``tests/helpers.py``: parametrize lists need them at import time. So are
+``ClientDriver`` and ``MakeClient``, the types of ``kms`` and ``make_client``, for test
+signatures: test modules import ``tests.helpers``, never this file.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import gc
 import inspect
 import socket
@@ -44,7 +44,7 @@ from aioresponses import aioresponses as aioresponses_mock
 
 from phala_kms import AsyncKMSClient, KMSClient, RetryPolicy
 from phala_kms.testing import FakeKMSServer, instant_retries
-from tests.helpers import API_KEY, MOCK_BASE
+from tests.helpers import API_KEY, MOCK_BASE, ClientDriver, MakeClient
 
 # --------------------------------------------------------------------------- environment
 
@@ -151,67 +151,6 @@ def sync_client(server: FakeKMSServer) -> Iterator[KMSClient]:
     """A ``KMSClient`` on ``server``."""
     with KMSClient(server.api_key, server.base_url) as client:
         yield client
-
-
-class ClientDriver:
-    """Calls client methods from sync test code, on a fresh client per call.
-
-    ``driver.get_kms_info("phala")`` runs the method on a new ``AsyncKMSClient`` under
-    ``asyncio.run`` (kind ``"async"``) or on a new ``KMSClient`` (kind ``"sync"``); an
-    iterator's items come back as a list. ``driver.run(fn)`` runs ``fn(client)`` (awaited
-    when it returns an awaitable). Retry waits are skipped and recorded in :attr:`waits`
-    (seconds, in order) unless the driver was made with ``instant_retries=False``.
-    """
-
-    def __init__(self, kind: str, kwargs: dict[str, Any], *, instant: bool) -> None:
-        self.kind = kind
-        self.kwargs = kwargs
-        self.instant = instant
-        self.waits: list[float] = []
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name.startswith("_"):
-            raise AttributeError(name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self.run(lambda client: getattr(client, name)(*args, **kwargs))
-
-        return call
-
-    def run(self, fn: Callable[[Any], Any]) -> Any:
-        if self.kind == "sync":
-            with KMSClient(**self.kwargs) as client, self._recording(client):
-                result = fn(client)
-                return list(result) if inspect.isgenerator(result) else result
-
-        async def go() -> Any:
-            async with AsyncKMSClient(**self.kwargs) as client:
-                with self._recording(client):
-                    result = fn(client)
-                    if inspect.isasyncgen(result):
-                        return [item async for item in result]
-                    if inspect.isawaitable(result):
-                        return await result
-                    return result
-
-        return asyncio.run(go())
-
-    def _recording(self, client: AsyncKMSClient | KMSClient) -> Any:
-        if not self.instant:
-            return contextlib.nullcontext()
-
-        @contextlib.contextmanager
-        def record() -> Iterator[None]:
-            with instant_retries(client) as waits:
-                try:
-                    yield
-                finally:
-                    self.waits.extend(waits)
-
-        return record()
-
-
-MakeClient = Callable[..., ClientDriver]
 
 
 @pytest.fixture(params=["async", "sync"])

@@ -1,24 +1,35 @@
-"""Plain data shared by test modules at import time, where fixtures cannot reach.
+"""Plain data and types shared by test modules at import time, where fixtures cannot reach.
 
 Parametrize lists and hypothesis strategies are built when a module is imported, so
 the response bodies they hold, the API key they mention and the argument strategies
-shared by several behaviours come from here; everything that can be a fixture lives in
-``tests/conftest.py``.
+shared by several behaviours come from here; so do :class:`ClientDriver` and
+``MakeClient``, the types of the ``kms`` and ``make_client`` fixtures, for test
+signatures. Everything that can be a fixture lives in ``tests/conftest.py``, which
+imports this module (never the reverse): no test module imports the conftest.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
+
+from phala_kms import AsyncKMSClient, KMSClient
+from phala_kms.testing import instant_retries
 
 __all__ = [
     "API_KEY",
     "FIXTURES",
     "MOCK_BASE",
     "NASTY",
+    "ClientDriver",
+    "MakeClient",
     "app_id_texts",
     "argument_texts",
     "fixture_bytes",
@@ -44,6 +55,70 @@ def load_fixture(name: str) -> Any:
 def fixture_bytes(name: str) -> bytes:
     """A response body from tests/fixtures, as bytes."""
     return (FIXTURES / name).read_bytes()
+
+
+# --------------------------------------------------------------------------- client drivers
+
+
+class ClientDriver:
+    """Calls client methods from sync test code, on a fresh client per call.
+
+    ``driver.get_kms_info("phala")`` runs the method on a new ``AsyncKMSClient`` under
+    ``asyncio.run`` (kind ``"async"``) or on a new ``KMSClient`` (kind ``"sync"``); an
+    iterator's items come back as a list. ``driver.run(fn)`` runs ``fn(client)`` (awaited
+    when it returns an awaitable). Retry waits are skipped and recorded in :attr:`waits`
+    (seconds, in order) unless the driver was made with ``instant_retries=False``.
+    """
+
+    def __init__(self, kind: str, kwargs: dict[str, Any], *, instant: bool) -> None:
+        self.kind = kind
+        self.kwargs = kwargs
+        self.instant = instant
+        self.waits: list[float] = []
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self.run(lambda client: getattr(client, name)(*args, **kwargs))
+
+        return call
+
+    def run(self, fn: Callable[[Any], Any]) -> Any:
+        if self.kind == "sync":
+            with KMSClient(**self.kwargs) as client, self._recording(client):
+                result = fn(client)
+                return list(result) if inspect.isgenerator(result) else result
+
+        async def go() -> Any:
+            async with AsyncKMSClient(**self.kwargs) as client:
+                with self._recording(client):
+                    result = fn(client)
+                    if inspect.isasyncgen(result):
+                        return [item async for item in result]
+                    if inspect.isawaitable(result):
+                        return await result
+                    return result
+
+        return asyncio.run(go())
+
+    def _recording(self, client: AsyncKMSClient | KMSClient) -> Any:
+        if not self.instant:
+            return contextlib.nullcontext()
+
+        @contextlib.contextmanager
+        def record() -> Iterator[None]:
+            with instant_retries(client) as waits:
+                try:
+                    yield
+                finally:
+                    self.waits.extend(waits)
+
+        return record()
+
+
+MakeClient = Callable[..., ClientDriver]
 
 
 # --------------------------------------------------------------------------- strategies

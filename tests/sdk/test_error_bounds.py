@@ -27,7 +27,7 @@ from phala_kms._constants import (
 )
 from phala_kms._responses import make_redirect_error, make_status_error
 from phala_kms.testing import FakeKMSServer, HugeBodyFault, StatusFault
-from tests.conftest import ClientDriver, MakeClient
+from tests.helpers import ClientDriver, MakeClient
 
 ELLIPSIS = "\u2026"
 APP_IDS = [f"{i:040x}" for i in range(1, 201)]

@@ -24,7 +24,7 @@ from phala_kms import (
     SignatureVerificationError,
 )
 from phala_kms.testing import FakeKMSServer, LatencyFault, StatusFault
-from tests.conftest import ClientDriver, MakeClient
+from tests.helpers import ClientDriver, MakeClient
 
 IDS = [f"{i:040x}" for i in range(1, 21)]
 BAD = IDS[4]

@@ -34,7 +34,7 @@ from phala_kms._throttle import (
     is_throttle,
 )
 from phala_kms.testing import FakeKMSServer, RateLimit, StatusFault, instant_retries
-from tests.conftest import MakeClient
+from tests.helpers import MakeClient
 
 NO_RETRY = RetryPolicy(max_retries=0)
 

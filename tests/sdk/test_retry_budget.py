@@ -18,7 +18,7 @@ import pytest
 from phala_kms import ConfigurationError, PhalaKMSError, RetryPolicy, ServerError
 from phala_kms._retry import Retrier, RetryBudget, budget_after_retry, budget_after_success
 from phala_kms.testing import FakeKMSServer, Outage
-from tests.conftest import MakeClient
+from tests.helpers import MakeClient
 
 IDS = [f"{i:040x}" for i in range(1, 6)]
 

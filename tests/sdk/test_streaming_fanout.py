@@ -32,7 +32,7 @@ from phala_kms import (
 from phala_kms._fanout import stream_fan_out
 from phala_kms._params import app_id_hex
 from phala_kms.testing import FakeKMSServer, LatencyFault, StatusFault
-from tests.conftest import ClientDriver, MakeClient
+from tests.helpers import ClientDriver, MakeClient
 
 IDS = [f"{i:040x}" for i in range(1, 41)]
 
