@@ -20,7 +20,6 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from typing import Any
@@ -70,7 +69,7 @@ from phala_kms.testing import (
     WrongShapeFault,
     instant_retries,
 )
-from tests.helpers import API_KEY, MOCK_BASE, load_fixture
+from tests.helpers import API_KEY, MOCK_BASE, MakeClient, load_fixture
 
 NOW = 1_800_000_000.0  # a frozen clock: 2027-01-15T08:00:00Z
 APP_ID = "8f3e5c2a9b1d4e7f6a0c3b2d5e8f1a4c7b0d9e63"
@@ -457,8 +456,6 @@ async def test_retry_after_beyond_cap_is_raised_at_once(
 POLICY = RetryPolicy(max_retries=3, initial_backoff=0.1, max_backoff=1.0, jitter=0.0)
 BACKOFFS = [0.1, 0.2, 0.4]
 ONE_MIB = 1024 * 1024
-
-MakeClient = Callable[..., Any]
 
 
 def last_request_id(server: FakeKMSServer) -> str:

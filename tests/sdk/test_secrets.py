@@ -40,7 +40,7 @@ from phala_kms.testing import (
     WrongShapeFault,
     decrypt_env_vars,
 )
-from tests.helpers import API_KEY
+from tests.helpers import API_KEY, MakeClient
 
 WRONG_KEY = "phak_wrong_SECRET_also_hidden_19b2e0"
 ENV_SECRET = "env-value-SECRET-8d1e4c"
@@ -50,8 +50,6 @@ POLICY = RetryPolicy(max_retries=1, initial_backoff=0.0, jitter=0.0)
 
 # The fake accepts the test key, so it is the key the clients send.
 pytestmark = pytest.mark.fake_kms_options(api_key=API_KEY, phala_node_count=2)
-
-MakeClient = Callable[..., Any]
 
 
 @pytest.fixture
