@@ -23,7 +23,7 @@ from .models import AppEnvEncryptPubKey, CVMInfo, KMSNodeMeta, VerifiedAppEnvEnc
 if TYPE_CHECKING:
     from .crypto import EnvVarsLike, SignerLike
 
-__all__ = ["TrustedKeyEndpoints"]
+__all__ = ["TrustedKeyEndpoints", "check_cvm_signer", "cvm_target"]
 
 
 class TrustedKeyEndpoints(KMSEndpoints):
@@ -252,24 +252,12 @@ class TrustedKeyEndpoints(KMSEndpoints):
         del hidden
         trusted = check_trusted_signer(trusted_signer)
         cvm = await self.get_cvm(cvm_id, api_version=api_version)
-        info = cvm.kms_info
-        chosen = kms or (info.slug or info.id if info is not None else None)
-        if not cvm.app_id or not chosen:
-            missing = "app_id" if not cvm.app_id else "kms_info.slug or kms_info.id"
-            raise ResponseValidationError(
-                f"CVM {cvm_id!r} has no {missing}, so the key to encrypt to cannot be"
-                " chosen" + ("; pass kms=... to name the KMS" if cvm.app_id else ""),
-                model="CVMInfo",
-                problems=(f"{missing}: required to encrypt for this CVM",),
-                status=200,
-                method="GET",
-            )
-        if info is not None and info.k256_pubkey:
-            _check_cvm_signer(cvm_id, info.k256_pubkey, trusted)
-        fetched = await self.get_app_env_encrypt_pubkey(chosen, cvm.app_id, api_version=api_version)
+        chosen, app_id = cvm_target(cvm, cvm_id, kms)
+        check_cvm_signer(cvm, cvm_id, trusted)
+        fetched = await self.get_app_env_encrypt_pubkey(chosen, app_id, api_version=api_version)
         key = verify_app_env_encrypt_pubkey(
             fetched,
-            cvm.app_id,
+            app_id,
             trusted_signer=trusted_signer,
             max_age=max_age,
             require_timestamped=require_timestamped,
@@ -277,11 +265,58 @@ class TrustedKeyEndpoints(KMSEndpoints):
         return encrypt_env_plaintext(plaintext, key.public_key_bytes)
 
 
-def _check_cvm_signer(cvm_id: str, reported: str, trusted: tuple[bool, bytes]) -> None:
-    """Fail closed when the CVM's KMS root key is not the trusted signer."""
+def cvm_target(cvm: CVMInfo, cvm_id: str, kms: str | None = None) -> tuple[str, str]:
+    """The KMS to ask for a CVM's key, and its app id.
+
+    The KMS is ``kms`` when given, else ``kms_info.slug``, else ``kms_info.id`` (never
+    a chain name such as ``"base"``).
+
+    Args:
+        cvm: The CVM as :meth:`TrustedKeyEndpoints.get_cvm` read it.
+        cvm_id: Its id, for the message.
+        kms: A KMS id or slug that overrides the CVM's ``kms_info``, or ``None``.
+
+    Returns:
+        ``(kms, app_id)``.
+
+    Raises:
+        ResponseValidationError: The CVM has no ``app_id``, or (without ``kms``) its
+            ``kms_info`` has neither ``slug`` nor ``id``.
+    """
+    info = cvm.kms_info
+    chosen = kms or (info.slug or info.id if info is not None else None)
+    if not cvm.app_id or not chosen:
+        missing = "app_id" if not cvm.app_id else "kms_info.slug or kms_info.id"
+        raise ResponseValidationError(
+            f"CVM {cvm_id!r} has no {missing}, so the key to encrypt to cannot be"
+            " chosen" + ("; pass kms=... to name the KMS" if cvm.app_id else ""),
+            model="CVMInfo",
+            problems=(f"{missing}: required to encrypt for this CVM",),
+            status=200,
+            method="GET",
+        )
+    return chosen, cvm.app_id
+
+
+def check_cvm_signer(cvm: CVMInfo, cvm_id: str, trusted: tuple[bool, bytes]) -> None:
+    """Fail closed when the CVM's ``kms_info`` reports a root key that is not the trusted
+    signer (nothing to check when it reports none).
+
+    Args:
+        cvm: The CVM as :meth:`TrustedKeyEndpoints.get_cvm` read it.
+        cvm_id: Its id, for the message.
+        trusted: The trusted signer as :func:`phala_kms.crypto.check_trusted_signer`
+            parsed it: ``(is_address, 20-byte address or 33-byte compressed key)``.
+
+    Raises:
+        SignatureVerificationError: ``reason="anchor_mismatch"``.
+    """
     from .anchors import _compressed
     from .crypto import ethereum_address
 
+    reported = cvm.kms_info.k256_pubkey if cvm.kms_info is not None else None
+    if not reported:
+        return
     key = _compressed(reported)
     is_address, expected = trusted
     seen = None

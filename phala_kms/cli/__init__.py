@@ -36,11 +36,15 @@ Exit codes (also :data:`EXIT_CODES` and ``phala-kms --help``):
       failed ``demo`` check, or a bug in phala-kms (with a traceback)
 2     usage: bad command line, argument or setting (click's own code), an input
       file that cannot be read (not UTF-8, a line that does not parse, duplicate
-      names, no variables), or the ``[cli]`` extra not installed
+      names, no variables), env vars the TEE would refuse or drop, an
+      ``--rpc-url`` of another chain than the KMS contract's, or the ``[cli]``
+      extra (``[chain]`` for ``--anchor chain``) not installed
 3     authentication: no API key, 401 or 403
 4     not found: 404
 5     network: no usable response (refused, DNS, TLS, timeout), or 5xx after retries
-6     verification: a public key's signature did not verify against the trusted signer
+6     verification: a public key's signature did not verify against the trusted
+      signer (or is legacy-only under ``--require-timestamped``); the trust anchors
+      disagree or one cannot vouch; the app is not registered on chain
 130   interrupted: Ctrl-C (SIGINT) stopped the command
 ====  ==========================================================================
 
@@ -61,7 +65,9 @@ settings -> exit codes):
 * :mod:`._group`: the root group, where every failure becomes an exit code;
 * :mod:`._commands`: ``list``, ``contracts``, ``info``, ``onchain``,
   ``next-app-ids``, ``fake-server``;
-* :mod:`._keys`: ``pubkey``, ``pubkeys``, ``encrypt-env`` and the trusted signer;
+* :mod:`._trust`: the trust options (``--anchor`` ...), mapped onto the SDK's
+  ``get_trusted_signer``, and how what was verified is shown;
+* :mod:`._keys`: ``pubkey``, ``pubkeys``, ``encrypt-env``;
 * :mod:`._envfile`: reading ``.env`` and app-id files;
 * :mod:`._demo` and :mod:`._demo_steps`: ``demo``.
 

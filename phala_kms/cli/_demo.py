@@ -3,7 +3,9 @@
 With no API key and no base URL configured, the demo starts the embedded fake API
 (:mod:`phala_kms.testing`) on a loopback port in a background thread and runs every
 step against it, including the ones only a fake allows: decrypting with the app's
-private key and injecting a 503. Pointed at a real API (``--base-url`` /
+private key, injecting a 503, and the chain of trust against an in-process EVM serving
+a DstackKms stand-in (skipped, saying why, when eth-tester, py-evm or eth-abi is not
+installed: they are not part of the ``[cli]`` extra). Pointed at a real API (``--base-url`` /
 ``--api-key`` or their environment variables) it runs the read-only steps only.
 
 Every step checks its own result and the demo exits non-zero if any step fails,
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ..testing import FakeKMSServer, ThreadedFakeKMSServer
-    from ._demo_steps import Demo
+    from ._demo_steps import ChainStandIn, Demo
 
 __all__ = ["FAKE_SERVER_OPTIONS", "SAMPLE_ENV", "demo_command", "run_demo"]
 
@@ -56,10 +58,15 @@ REMOTE_APPS = 20
 """App ids in the fan-out against a real API."""
 
 
-def _start_fake() -> ThreadedFakeKMSServer:
+def _start_fake(chain: ChainStandIn | None) -> ThreadedFakeKMSServer:
+    """The embedded fake: timestamped signatures on, plus (with a chain) the KMS whose
+    contract the demo deploys there."""
     from ..testing import FakeKMSServer
 
-    return FakeKMSServer.in_thread(**FAKE_SERVER_OPTIONS)
+    options: dict[str, Any] = {"timestamped_signatures": True}
+    if chain is not None:
+        options["extra_nodes"] = [chain.node_info()]
+    return FakeKMSServer.in_thread(**{**options, **FAKE_SERVER_OPTIONS})
 
 
 def _run_steps(
@@ -68,6 +75,8 @@ def _run_steps(
     server: FakeKMSServer | None,
     apps: int | None,
     concurrency: int,
+    chain: ChainStandIn | None,
+    chain_skip: str | None,
 ) -> Demo:
     from ..sync import KMSClient
     from ._demo_steps import Demo
@@ -79,6 +88,8 @@ def _run_steps(
         sample_env=SAMPLE_ENV,
         apps=apps if apps is not None else (FAKE_APPS if server is not None else REMOTE_APPS),
         concurrency=concurrency,
+        chain=chain,
+        chain_skip=chain_skip,
     )
     with KMSClient(**client_kwargs) as client:
         demo.run(client)
@@ -168,8 +179,11 @@ def run_demo(
             kind="NoAPIKey",
         )
 
+    from ._demo_steps import load_chain_stand_in
+
     started = time.perf_counter()
-    threaded = _start_fake() if use_fake else None
+    chain, chain_skip = load_chain_stand_in() if use_fake else (None, None)
+    threaded = _start_fake(chain) if use_fake else None
     try:
         server = threaded.start() if threaded is not None else None
         if server is not None:
@@ -189,8 +203,10 @@ def run_demo(
             "timeout": timeout,
             "max_retries": max_retries,
         }
-        demo = _run_steps(console, client_kwargs, server, apps, concurrency)
+        demo = _run_steps(console, client_kwargs, server, apps, concurrency, chain, chain_skip)
     finally:
+        if chain is not None:
+            chain.stop()
         if threaded is not None:
             threaded.stop()
     total = time.perf_counter() - started
@@ -229,7 +245,11 @@ def demo_command(apps: int | None, concurrency: int) -> None:
 
     With no API key and no base URL configured (options or environment), it starts
     the embedded fake API in-process and runs every step, including a decryption
-    round trip and a retried 503. With --base-url/--api-key (or their environment
+    round trip, a retried 503 and the chain of trust (the KMS root key read from a
+    DstackKms contract on an in-process EVM, cross-checked with the API and the
+    nodes, an app key's signature_v1 verified against it, a ciphertext the app's
+    key opens; skipped, saying why, without eth-tester, py-evm and eth-abi). With
+    --base-url/--api-key (or their environment
     variables) it runs the read-only steps against that API. Exits non-zero if a
     step misbehaves.
     """

@@ -1,12 +1,20 @@
-"""The ten steps of ``phala-kms demo``, each timed, checked and printed as it finishes.
+"""The fourteen steps of ``phala-kms demo``, each timed, checked and printed as it finishes.
 
 :class:`Demo` runs them in order; a step hands its results to later ones through the
 demo's attributes, and a step whose input is missing (an earlier failure) or that
 needs the embedded fake (when pointed at a real API) is skipped, not failed.
+
+Steps 11 to 14 walk the chain of trust end to end against the fake and an in-process
+EVM (:class:`ChainStandIn`): the DstackKms contract's ``kmsInfo()`` gives the root key,
+the API and the KMS nodes agree with it, the app key's ``signature_v1`` verifies
+against it, and what is encrypted to that key opens with the app's private key. The
+EVM (eth-tester, py-evm) and the chain anchor's ABI decoder (eth-abi) are not part of
+the ``[cli]`` extra, so without them those steps are skipped, saying why.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -29,15 +37,103 @@ if TYPE_CHECKING:
         VerifiedAppEnvEncryptPubKey,
     )
     from ..sync import KMSClient
-    from ..testing import FakeKMSServer
+    from ..testing import EthTesterEVM, FakeKMSServer
 
-__all__ = ["CHAIN", "Demo", "Step", "StepFailed", "duration", "error_text", "failure_hint"]
+__all__ = [
+    "CHAIN",
+    "CHAIN_EXTRAS",
+    "LOCAL_KMS_ID",
+    "ChainStandIn",
+    "Demo",
+    "Step",
+    "StepFailed",
+    "duration",
+    "error_text",
+    "failure_hint",
+    "load_chain_stand_in",
+]
 
 CHAIN = "base"
 CHAIN_ID = 8453
 PAGE_SIZE = 20
 NEXT_IDS = 5
 UNKNOWN_KMS_ID = "kms_demoDoesNotExist"
+LOCAL_KMS_ID = "kms_demoLocalChain"
+"""The fake's KMS node whose contract the demo deploys on the in-process EVM."""
+REGISTERED_APP = hashlib.sha256(b"phala-kms-demo-registered-app").hexdigest()[:40]
+"""The app id the demo's contract registers."""
+UNREGISTERED_APP = hashlib.sha256(b"phala-kms-demo-unknown-app").hexdigest()[:40]
+
+CHAIN_EXTRAS: tuple[tuple[str, str], ...] = (
+    ("eth_abi", "eth-abi"),
+    ("eth_tester", "eth-tester"),
+    ("eth", "py-evm"),
+)
+"""What the chain steps need beyond ``[cli]``: (module, distribution)."""
+
+
+class ChainStandIn:
+    """An in-process EVM for the chain steps, and (once deployed) its JSON-RPC endpoint.
+
+    Args:
+        evm: The chain.
+    """
+
+    def __init__(self, evm: EthTesterEVM) -> None:
+        self.evm = evm
+        self.address = evm.next_contract_address()
+        self.url: str | None = None
+        self._rpc: Any = None
+
+    def node_info(self) -> dict[str, Any]:
+        """The fake's ``KmsInfo`` for the KMS whose contract will be at :attr:`address`."""
+        return {
+            "id": LOCAL_KMS_ID,
+            "slug": None,
+            "url": "https://kms.demo-local.invalid",
+            "version": "v0.5.7",
+            "chain_id": self.evm.chain_id,
+            "kms_contract_address": self.address,
+            "gateway_app_id": None,
+        }
+
+    def deploy(self, k256_pubkey: bytes, registered: list[bytes]) -> str:
+        """Deploy the DstackKms stand-in and serve the chain; return the RPC URL."""
+        from ..testing import FakeChainRPC
+        from ..testing._chain import dstack_kms_init_code
+
+        address = self.evm.deploy(dstack_kms_init_code(k256_pubkey, registered))
+        if address != self.address:
+            raise StepFailed(f"the contract landed at {address}, not {self.address}")
+        self._rpc = FakeChainRPC.in_thread(self.evm)
+        self.url = str(self._rpc.start().url)
+        return self.url
+
+    def stop(self) -> None:
+        """Stop serving the chain (a no-op when not started)."""
+        rpc, self._rpc = self._rpc, None
+        if rpc is not None:
+            rpc.stop()
+
+
+def load_chain_stand_in() -> tuple[ChainStandIn | None, str | None]:
+    """An EVM for the chain steps, or ``None`` and why the steps will be skipped."""
+    import importlib.util
+
+    missing = [dist for module, dist in CHAIN_EXTRAS if importlib.util.find_spec(module) is None]
+    why = (
+        "skipped: the in-process chain stand-in needs {} (`pip install -e '.[cli,test]'`),"
+        " which the [cli] extra does not bring (py-evm and eth-tester are large and"
+        " published only as pre-releases)"
+    )
+    if missing:
+        return None, why.format(" and ".join(missing))
+    from ..testing import EthTesterEVM
+
+    try:
+        return ChainStandIn(EthTesterEVM()), None
+    except ImportError as err:  # installed but broken
+        return None, why.format(f"a working eth-tester and py-evm ({err})")
 
 
 class StepFailed(Exception):
@@ -132,6 +228,8 @@ class Demo:
         sample_env: The env vars encrypted for every app (values never printed).
         apps: App ids in the key fan-out.
         concurrency: Requests in flight during the fan-out.
+        chain: The in-process EVM for steps 11 to 14, or ``None``.
+        chain_skip: Why there is no EVM (those steps say it when skipped).
     """
 
     def __init__(
@@ -143,6 +241,8 @@ class Demo:
         sample_env: Mapping[str, str],
         apps: int,
         concurrency: int,
+        chain: ChainStandIn | None = None,
+        chain_skip: str | None = None,
     ) -> None:
         self.console = console
         self.client_kwargs = client_kwargs
@@ -158,6 +258,11 @@ class Demo:
         self.next_ids: list[NextAppID] = []
         self.keys: dict[str, VerifiedAppEnvEncryptPubKey] = {}
         self.ciphertexts: dict[str, str] = {}
+        self.chain = chain
+        self.chain_skip = chain_skip
+        self.local_kms: str | None = None  # the contract on the EVM, as the API names it
+        self.chain_signer: TrustedSigner | None = None
+        self.local_key: VerifiedAppEnvEncryptPubKey | None = None
 
     # -- running ----------------------------------------------------------------------
 
@@ -174,6 +279,16 @@ class Demo:
             ("Round trip: decrypt one with the app's private key", self.round_trip),
             ("Show a typed error", lambda s: self.typed_error(s, client)),
             ("Survive an injected 503 with one retry", self.retried_503),
+            ("Deploy a DstackKms stand-in on an in-process EVM", self.deploy_contract),
+            ("Read the KMS root key from the chain", lambda s: self.chain_root(s, client)),
+            (
+                "Cross-check the root key: chain, API and nodes agree",
+                lambda s: self.agree(s, client),
+            ),
+            (
+                "Verify the app key (signature_v1), encrypt, decrypt with the app's key",
+                lambda s: self.chain_round_trip(s, client),
+            ),
         ]
         for number, (title, func) in enumerate(plan, 1):
             self.run_step(Step(number, title), func)
@@ -480,3 +595,126 @@ class Demo:
         _check(len(retries) == 1, f"{len(retries)} retries logged, expected exactly 1")
         _check(served == 2, f"the fake served {served} requests, expected 2 (503 + retry)")
         step.details.append(f"get_kms_info({target!r}) succeeded on attempt 2 of {served}")
+
+    # -- the chain of trust (steps 11 to 14) ----------------------------------------------
+
+    def require_chain(self) -> tuple[FakeKMSServer, ChainStandIn]:
+        """The fake and the EVM; skips the step when either is missing."""
+        server = self.require_fake()
+        if self.chain is None:
+            raise _Skip(self.chain_skip or "skipped: no in-process chain")
+        return server, self.chain
+
+    def deploy_contract(self, step: Step) -> None:
+        server, chain = self.require_chain()
+        self.require(self.contracts, "the KMS contract list")
+        root = server.k256_pubkey_for(LOCAL_KMS_ID)
+        url = chain.deploy(bytes.fromhex(root[2:]), [bytes.fromhex(REGISTERED_APP)])
+        self.local_kms = next(
+            (c.slug or c.id for c in self.contracts if c.chain_id == chain.evm.chain_id), None
+        )
+        _check(self.local_kms is not None, "the API lists no contract on the local chain")
+        step.details.append(f"eth-tester + py-evm chain {chain.evm.chain_id}, JSON-RPC at {url}")
+        step.details.append(
+            f"contract {chain.address}: kmsInfo() holds KMS {LOCAL_KMS_ID}'s root key,"
+            f" registeredApps({short(REGISTERED_APP)}) is true; the API names it as"
+            f" contract {self.local_kms}"
+        )
+
+    def chain_root(self, step: Step, client: KMSClient) -> None:
+        server, chain = self.require_chain()
+        self.require(self.local_kms, "the deployed contract")
+        assert self.local_kms is not None
+        signer = client.get_trusted_signer(self.local_kms, sources=("chain",), rpc_url=chain.url)
+        _check(
+            signer.k256_pubkey == server.k256_pubkey_for(LOCAL_KMS_ID),
+            "the chain's root key is not the KMS's",
+        )
+        self.chain_signer = signer
+        step.details.append(
+            f"get_trusted_signer({self.local_kms!r}, sources=('chain',), rpc_url=...):"
+            f" eth_chainId = {chain.evm.chain_id}, the contract's chain; eth_call kmsInfo()"
+        )
+        step.details.append(f"root key (k256Pubkey) = {signer.k256_pubkey}")
+
+    def agree(self, step: Step, client: KMSClient) -> None:
+        from ..errors import SignatureVerificationError
+
+        server, chain = self.require_chain()
+        self.require(self.chain_signer, "the root key from the chain")
+        assert self.local_kms is not None
+        assert self.chain_signer is not None
+        signer = client.get_trusted_signer(
+            self.local_kms, sources=("api", "chain", "node"), rpc_url=chain.url
+        )
+        _check(signer.k256_pubkey == self.chain_signer.k256_pubkey, "the agreed key changed")
+        kinds = [line.split(":", 1)[0] for line in signer.sources]
+        _check(kinds[:2] == ["api", "chain"] and "node" in kinds, f"sources {kinds}")
+        step.details.append(
+            f"get_trusted_signer(sources=('api', 'chain', 'node')): {len(signer.sources)}"
+            f" sources agree on {short(signer.k256_pubkey)}"
+        )
+        step.details.extend(f"  {line}" for line in signer.sources)
+        impostor = server.k256_pubkey  # the Phala KMS's: another KMS's root key
+        try:
+            client.get_trusted_signer(
+                self.local_kms, sources=("pinned", "chain"), pinned=impostor, rpc_url=chain.url
+            )
+        except SignatureVerificationError as err:
+            _check(err.reason == "anchor_mismatch", f"reason {err.reason!r}")
+            step.details.append(
+                f"a pinned key of another KMS ({short(impostor)}) is refused:"
+                f" SignatureVerificationError(reason={err.reason!r})"
+            )
+        else:
+            raise StepFailed("a pinned key that the chain contradicts was accepted")
+        self.chain_signer = signer
+
+    def chain_round_trip(self, step: Step, client: KMSClient) -> None:
+        from ..errors import SignatureVerificationError
+        from ..testing import decrypt_env_vars
+
+        server, chain = self.require_chain()
+        self.require(self.chain_signer, "the agreed root key")
+        signer, kms = self.chain_signer, self.local_kms
+        assert signer is not None
+        assert kms is not None
+        assert chain.url is not None
+        client.check_app_registered(kms, REGISTERED_APP, rpc_url=chain.url)
+        try:
+            client.check_app_registered(kms, UNREGISTERED_APP, rpc_url=chain.url)
+        except SignatureVerificationError as err:
+            _check(err.reason == "app_not_registered", f"reason {err.reason!r}")
+        else:
+            raise StepFailed("an app the contract does not list passed check_app_registered")
+        step.details.append(
+            f"check_app_registered: registeredApps({short(REGISTERED_APP)}) is true;"
+            f" {short(UNREGISTERED_APP)} is refused (app_not_registered)"
+        )
+        key = client.get_verified_app_env_encrypt_pubkey(
+            kms, REGISTERED_APP, trusted_signer=signer, require_timestamped=True
+        )
+        _check(key.scheme == "signature_v1", f"scheme {key.scheme!r}")
+        _check(key.signer == signer.k256_pubkey, "the key's signer is not the agreed root key")
+        node_key = client.get_verified_app_env_encrypt_pubkey_from_node(
+            server.node_url(LOCAL_KMS_ID), REGISTERED_APP, trusted_signer=signer,
+            require_timestamped=True,
+        )  # fmt: skip
+        _check(node_key.public_key == key.public_key, "the node serves another app key")
+        step.details.append(
+            f"app key {short(key.public_key)}: {key.scheme} verified (timestamp"
+            f" {key.timestamp}), signed by the agreed root key; the KMS node serves the same key"
+        )
+        ciphertext = client.encrypt_env_vars_for_app(
+            kms, REGISTERED_APP, self.sample_env, trusted_signer=signer,
+            require_timestamped=True, check_registered=True, rpc_url=chain.url,
+        )  # fmt: skip
+        opened = decrypt_env_vars(ciphertext, server.app_private_key(kms, REGISTERED_APP))
+        got = {item.key: item.value for item in opened}
+        _check(got == dict(self.sample_env), "the decrypted values differ from the sample's")
+        step.details.append(
+            f"encrypt_env_vars_for_app(..., check_registered=True): {len(ciphertext)} hex"
+            f" chars; the app's private key opens it: {len(got)} variables, every value"
+            " matches (values not shown)"
+        )
+        self.local_key = key

@@ -29,11 +29,13 @@ class ExitCode(enum.IntEnum):
 EXIT_CODES: Mapping[int, str] = {
     ExitCode.OK: "success; also when stdout is closed early (`| head`): output stops quietly",
     ExitCode.API_ERROR: "any other API error (400, 409, 422, 429, redirect, unexpected body)",
-    ExitCode.USAGE: "usage: bad command line, argument, setting or input file",
+    ExitCode.USAGE: "usage: bad command line, argument, setting or input file; an --rpc-url"
+    " of the wrong chain; a missing extra",
     ExitCode.AUTH: "authentication: no API key, 401 or 403",
     ExitCode.NOT_FOUND: "not found: 404",
     ExitCode.NETWORK: "network: no usable response, or 5xx after retries",
-    ExitCode.VERIFICATION: "verification: a signature did not verify against the trusted signer",
+    ExitCode.VERIFICATION: "verification: a signature did not verify against the trusted signer,"
+    " the trust anchors disagree or cannot vouch, or the app is not registered on chain",
     ExitCode.INTERRUPTED: "interrupted: Ctrl-C (SIGINT); `fake-server` exits 0 on SIGINT/SIGTERM",
 }
 """Every exit code of ``phala-kms`` and what it means."""

@@ -54,6 +54,7 @@ _EPILOG = (
     "  phala-kms --json list --all | jq '.items[].id'\n"
     "  phala-kms onchain base    # the Base KMS contract and its k256_pubkey\n"
     "  phala-kms pubkey base <app id> --trusted-signer 0x02...\n"
+    "  phala-kms pubkey base <app id> --anchor chain --anchor api --rpc-url https://mainnet.base.org\n"
     "  phala-kms encrypt-env base <app id> --env-file .env --trusted-signer 0x02..."
 )
 

@@ -1,6 +1,8 @@
-"""The key commands: ``pubkey``, ``pubkeys`` and ``encrypt-env``, and how they choose the
-trusted signer (``--trusted-signer`` pinned, or ``--trust-api`` from the SDK's
-:meth:`~phala_kms.AsyncKMSClient.get_trusted_signer`)."""
+"""The key commands: ``pubkey``, ``pubkeys`` and ``encrypt-env``.
+
+The trusted signer comes from the trust options (:mod:`phala_kms.cli._trust`), mapped
+onto the SDK's :meth:`~phala_kms.AsyncKMSClient.get_trusted_signer`; the output says
+what was verified (scheme, signer, timestamp) and which anchors agreed."""
 
 from __future__ import annotations
 
@@ -23,12 +25,12 @@ from ._present import (
     print_extra,
     print_fields,
     progress_bar,
-    short,
     stderr,
     stdout,
     to_jsonable,
 )
 from ._settings import Settings, concurrency_option, current_settings, json_option
+from ._trust import TrustChoice, trust_options, verification_json, verification_text
 
 if TYPE_CHECKING:
     from ..errors import PhalaKMSError
@@ -42,76 +44,35 @@ if TYPE_CHECKING:
 
 __all__ = ["COMMANDS", "encrypt_env_command", "pubkey_command", "pubkeys_command"]
 
-PINNED_SOURCE = "--trusted-signer"
-"""The source of a signer given on the command line."""
-
 # --------------------------------------------------------------------------- trusted signer
 
-_trusted_signer_option = click.option(
-    "--trusted-signer",
-    metavar="HEX",
-    help="The KMS root key (k256_pubkey, compressed or uncompressed hex) or its Ethereum"
-    " address that must have signed the key. Pin it from a source you trust.",
-)
-_trust_api_option = click.option(
-    "--trust-api",
-    is_flag=True,
-    help="Take the trusted signer from the API itself (k256_pubkey of GET /kms/KMS as a"
-    " contract, else as a node). This trusts the Phala Cloud API, the party serving the key:"
-    " it catches corruption and KMS mis-routing, not a dishonest API. A warning is printed.",
-)
 
-
-def _pinned_signer(trusted_signer: str | None, trust_api: bool) -> TrustedSigner | None:
-    """The ``--trusted-signer`` value, or ``None``; refuses it together with ``--trust-api``."""
-    from ..models import TrustedSigner
-
-    if trusted_signer is None:
+def _resolve_signer(client: KMSClient, kms: str, trust: TrustChoice) -> TrustedSigner | None:
+    """The signer every named anchor agrees on, or ``None`` when none is named."""
+    if not trust.sources:
         return None
-    if trust_api:
-        raise click.UsageError("pass either --trusted-signer or --trust-api, not both")
-    return TrustedSigner(k256_pubkey=trusted_signer.strip(), sources=(PINNED_SOURCE,))
+    return trust.checked(client.get_trusted_signer(kms, **trust.signer_kwargs()))
 
 
-def _warn_trust_api(signer: TrustedSigner) -> TrustedSigner:
-    """Say on stderr what ``--trust-api`` trusts, and return ``signer``."""
-    from rich.markup import escape
-
-    sources = "; ".join(source.removeprefix("api: ") for source in signer.sources)
-    stderr().print(
-        "[yellow]warning:[/yellow] --trust-api: trusting signer"
-        f" {escape(inert(signer.k256_pubkey))} from {escape(inert(sources))}. This trusts"
-        " the Phala Cloud API, which also serves the key:"
-        " it guards against corruption in transit and KMS mis-routing, not against the API"
-        " itself. Pin the key with --trusted-signer for stronger assurance.",
-        soft_wrap=True,
-    )
-    return signer
-
-
-def _resolve_signer(
-    client: KMSClient, kms: str, trusted_signer: str | None, trust_api: bool
-) -> TrustedSigner | None:
-    """The signer to verify against: pinned, from the API (with a warning), or ``None``."""
-    if trust_api and trusted_signer is None:
-        return _warn_trust_api(client.get_trusted_signer(kms))
-    return _pinned_signer(trusted_signer, trust_api)
-
-
-def _fetch_key(client: KMSClient, kms: str, app_id: str, signer: TrustedSigner | None) -> _Key:
+def _fetch_key(
+    client: KMSClient, kms: str, app_id: str, signer: TrustedSigner | None, trust: TrustChoice
+) -> _Key:
     """The app's key: verified against ``signer``, or as served when it is ``None``."""
     if signer is None:
         return client.get_app_env_encrypt_pubkey(kms, app_id)
-    return client.get_verified_app_env_encrypt_pubkey(kms, app_id, trusted_signer=signer)
+    return client.get_verified_app_env_encrypt_pubkey(
+        kms, app_id, trusted_signer=signer, require_timestamped=trust.require_timestamped
+    )
 
 
-def _signer_json(signer: TrustedSigner | None) -> dict[str, Any]:
-    """The ``verified`` / ``trusted_signer`` / ``trusted_signer_source`` keys of the JSON."""
-    return {
-        "verified": signer is not None,
-        "trusted_signer": signer.k256_pubkey if signer else None,
-        "trusted_signer_source": "; ".join(signer.sources) if signer else None,
-    }
+def _verified(key: _Key | None) -> VerifiedAppEnvEncryptPubKey | None:
+    from ..models import VerifiedAppEnvEncryptPubKey
+
+    return key if isinstance(key, VerifiedAppEnvEncryptPubKey) else None
+
+
+def _anchor_rows(signer: TrustedSigner) -> list[tuple[str, Any]]:
+    return [("anchor", line) for line in signer.sources]
 
 
 # --------------------------------------------------------------------------- pubkey
@@ -124,43 +85,45 @@ def _signer_json(signer: TrustedSigner | None) -> dict[str, Any]:
 @click.option(
     "--verify",
     is_flag=True,
-    help="Verify the key's signature; needs --trusted-signer or --trust-api (either implies it).",
+    help="Verify the key's signature; needs a signer (--trusted-signer, --trust-api or"
+    " --anchor), which implies it.",
 )
-@_trusted_signer_option
-@_trust_api_option
-def pubkey_command(
-    kms: str, app_id: str, verify: bool, trusted_signer: str | None, trust_api: bool
-) -> None:
+@trust_options
+def pubkey_command(kms: str, app_id: str, verify: bool, trust: TrustChoice) -> None:
     """Fetch the env-encryption public key of APP_ID on KMS (an id, slug, or phala/base/ethereum).
 
-    Without --verify (or --trusted-signer/--trust-api) the key is shown unverified.
+    Without a signer (--trusted-signer, --trust-api, --anchor) the key is shown unverified.
     """
     from .._params import app_id_hex
 
     settings = current_settings()
-    if verify and trusted_signer is None and not trust_api:
+    if verify and not trust.sources:
         raise click.UsageError(
             "--verify needs a signer to compare with: --trusted-signer HEX (pinned, e.g. the"
-            " KMS's k256_pubkey from `phala-kms onchain base`) or --trust-api (the API's own"
+            " KMS's k256_pubkey from `phala-kms onchain base`), --anchor chain --rpc-url URL"
+            " (the KMS contract itself), --anchor node, or --trust-api (the API's own"
             " report; weaker)"
         )
+    trust.check()
     normalized = app_id_hex(app_id)
     with settings.sync_client() as client:
-        signer = _resolve_signer(client, kms, trusted_signer, trust_api)
-        key = _fetch_key(client, kms, normalized, signer)
+        signer = _resolve_signer(client, kms, trust)
+        key = _fetch_key(client, kms, normalized, signer, trust)
     data = to_jsonable(key)
     if settings.json_output:
-        emit_json({"kms": kms, "app_id": normalized, **data, **_signer_json(signer)})
+        emit_json(
+            {"kms": kms, "app_id": normalized, **data, **verification_json(signer, _verified(key))}
+        )
         return
     extra = data.pop("extra", {})
     data.pop("app_id", None)
     rows: list[tuple[str, Any]] = [("kms", kms), ("app_id", normalized)]
     rows += [(name, value) for name, value in data.items() if value is not None]
     if signer is not None:
-        sources = "; ".join(signer.sources)
-        rows.append(("verified", f"yes: signed by {signer.k256_pubkey} ({sources})"))
+        rows.append(("verified", "yes: " + verification_text(signer, _verified(key))))
+        rows += _anchor_rows(signer)
     else:
-        rows.append(("verified", "NO (pass --trusted-signer HEX, or --trust-api)"))
+        rows.append(("verified", "NO (pass --trusted-signer HEX, --anchor ..., or --trust-api)"))
     console = stdout()
     print_fields(console, rows)
     print_extra(console, extra)
@@ -187,16 +150,13 @@ def _read_app_ids(app_ids: Sequence[str], from_file: BinaryIO | None) -> list[st
 
 
 async def _fetch_keys(
-    settings: Settings,
-    kms: str,
-    ids: list[str],
-    pinned: TrustedSigner | None,
-    trust_api: bool,
-    concurrency: int,
+    settings: Settings, kms: str, ids: list[str], trust: TrustChoice, concurrency: int
 ) -> tuple[TrustedSigner | None, Sequence[_Result]]:
     """The signer and every id's key (or error), with a progress bar on stderr."""
     async with settings.async_client() as client:
-        signer = _warn_trust_api(await client.get_trusted_signer(kms)) if trust_api else pinned
+        signer = None
+        if trust.sources:
+            signer = trust.checked(await client.get_trusted_signer(kms, **trust.signer_kwargs()))
         results: Sequence[_Result]
         with progress_bar("fetching keys", len(set(ids))) as on_progress:
             if signer is None:
@@ -207,7 +167,8 @@ async def _fetch_keys(
             else:
                 results = await client.get_verified_app_env_encrypt_pubkeys(
                     kms, ids, trusted_signer=signer, concurrency=concurrency,
-                    return_exceptions=True, on_progress=on_progress,
+                    require_timestamped=trust.require_timestamped, return_exceptions=True,
+                    on_progress=on_progress,
                 )  # fmt: skip
     return signer, results
 
@@ -218,24 +179,46 @@ def _print_results(
     signer: TrustedSigner | None,
     failed: int,
 ) -> None:
-    """The fan-out as a table: one row an id, its key or its error."""
+    """The fan-out as a table: one row an id, its key (and scheme) or its error."""
     from rich.text import Text
 
     from ..errors import PhalaKMSError
 
-    verified = f", verified against {short(signer.k256_pubkey)}" if signer else ", NOT verified"
+    verified = f", verified {verification_text(signer, None)}" if signer else ", NOT verified"
+    columns = (
+        ("app_id", "scheme", "public_key / error") if signer else ("app_id", "public_key / error")
+    )
     table = new_table(
-        ("app_id", "public_key / error"),
+        columns,
         fold=("public_key / error",),
         caption=f"{len(ids) - failed} of {len(ids)} keys{verified}",
     )
     for app_id, result in zip(ids, results, strict=True):
+        scheme: tuple[str, ...] = ()
         if isinstance(result, PhalaKMSError):
             message = inert(current_settings().redact(result.message))
-            add_row(table, app_id, Text.assemble((type(result).__name__, "red"), ": ", message))
+            scheme = ("-",) if signer else ()
+            add_row(
+                table, app_id, *scheme,
+                Text.assemble((type(result).__name__, "red"), ": ", message),
+            )  # fmt: skip
         else:
-            add_row(table, app_id, result.public_key)
+            verified_key = _verified(result)
+            if signer:
+                scheme = (verified_key.scheme if verified_key is not None else "-",)
+            add_row(table, app_id, *scheme, result.public_key)
     stdout().print(table)
+    if signer is not None:
+        console = stderr()
+        for line in signer.sources:
+            console.print(f"anchor: {_escaped(line)}", soft_wrap=True)
+
+
+def _escaped(value: str) -> str:
+    """``value`` inert and safe in rich markup."""
+    from rich.markup import escape
+
+    return escape(inert(value))
 
 
 def _result_json(settings: Settings, app_id: str, result: _Result) -> dict[str, Any]:
@@ -267,15 +250,13 @@ def _result_json(settings: Settings, app_id: str, result: _Result) -> dict[str, 
     " A line that is not an app id stops the command before any request.",
 )
 @concurrency_option("Requests in flight at once.")
-@_trusted_signer_option
-@_trust_api_option
+@trust_options
 def pubkeys_command(
     kms: str,
     app_ids: tuple[str, ...],
     from_file: BinaryIO | None,
     concurrency: int,
-    trusted_signer: str | None,
-    trust_api: bool,
+    trust: TrustChoice,
 ) -> None:
     """Fetch the env-encryption public keys of many apps at once (KMS APP_ID... | --from-file).
 
@@ -287,15 +268,15 @@ def pubkeys_command(
     from ..errors import PhalaKMSError
 
     settings = current_settings()
+    trust.check()
     ids = _read_app_ids(app_ids, from_file)
-    pinned = _pinned_signer(trusted_signer, trust_api)
-    signer, results = asyncio.run(_fetch_keys(settings, kms, ids, pinned, trust_api, concurrency))
+    signer, results = asyncio.run(_fetch_keys(settings, kms, ids, trust, concurrency))
     failures = [result for result in results if isinstance(result, PhalaKMSError)]
     if settings.json_output:
         emit_json(
             {
                 "kms": kms,
-                **_signer_json(signer),
+                **verification_json(signer),
                 "total": len(ids),
                 "failed": len(failures),
                 "results": [
@@ -319,10 +300,51 @@ def pubkeys_command(
 # --------------------------------------------------------------------------- encrypt-env
 
 
+def _allowed_envs(
+    names: tuple[str, ...], app_compose: str | None, docker_compose: str | None
+) -> tuple[tuple[str, ...] | None, str | None]:
+    """The allow-list from the one option that gives it, and where it came from."""
+    import pathlib
+
+    from ..tee import allowed_envs_from_app_compose, env_names_in_docker_compose
+
+    given = [flag for flag, value in (("--allowed-envs", names), ("--app-compose", app_compose),
+             ("--docker-compose", docker_compose)) if value]  # fmt: skip
+    if len(given) > 1:
+        raise click.UsageError(f"give the allowed names once: {' and '.join(given)} both set them")
+    if app_compose is not None:
+        return allowed_envs_from_app_compose(pathlib.Path(app_compose)), app_compose
+    if docker_compose is not None:
+        return env_names_in_docker_compose(pathlib.Path(docker_compose)), docker_compose
+    if names:
+        listed = tuple(n.strip() for value in names for n in value.split(",") if n.strip())
+        return listed, "--allowed-envs"
+    return None, None
+
+
+def _target(kms: str | None, app_id: str | None, cvm_id: str | None) -> None:
+    """Refuse a command line that names the app twice, or not at all."""
+    if cvm_id is not None and app_id is not None:
+        raise click.UsageError(
+            "with --cvm the app id comes from the CVM: give no APP_ID (a KMS argument"
+            " overrides the CVM's own)"
+        )
+    if cvm_id is None and (kms is None or app_id is None):
+        raise click.UsageError("give KMS and APP_ID, or --cvm ID")
+
+
 @click.command("encrypt-env")
 @json_option
-@click.argument("kms")
-@click.argument("app_id")
+@click.argument("kms", required=False)
+@click.argument("app_id", required=False)
+@click.option(
+    "--cvm",
+    "cvm_id",
+    metavar="ID",
+    help="Encrypt for this existing CVM: its app id and KMS come from GET /cvms/ID (the KMS"
+    " by kms_info.slug, else id; a KMS argument overrides it), and a CVM whose KMS reports"
+    " another root key than the trusted signer is refused.",
+)
 @click.option(
     "--env-file",
     type=click.Path(exists=True, dir_okay=False, allow_dash=True),
@@ -330,8 +352,6 @@ def pubkeys_command(
     help="The .env file to encrypt ('-' for stdin), UTF-8. Comments, quotes and 'export' are"
     " handled; a line that does not parse, a name without '=', or a name set twice is an error.",
 )
-@_trusted_signer_option
-@_trust_api_option
 @click.option(
     "--no-verify",
     is_flag=True,
@@ -348,66 +368,133 @@ def pubkeys_command(
     is_flag=True,
     help="Encrypt an empty set when the file sets no variables (else that is an error).",
 )
+@click.option(
+    "--allowed-envs",
+    metavar="NAME,...",
+    multiple=True,
+    help="The app's allowed_envs (comma-separated, repeatable): a variable outside it is an"
+    " error, since the TEE would silently drop it.",
+)
+@click.option(
+    "--app-compose",
+    type=click.Path(exists=True, dir_okay=False),
+    metavar="PATH",
+    help="Read allowed_envs from the app's app-compose.json (absent: no variable is allowed).",
+)
+@click.option(
+    "--docker-compose",
+    type=click.Path(exists=True, dir_okay=False),
+    metavar="PATH",
+    help="Allow only the names a docker compose file interpolates (${NAME}, $NAME).",
+)
+@click.option(
+    "--check-registered",
+    is_flag=True,
+    help="First require the KMS contract's registeredApps(APP_ID) to be true, over --rpc-url"
+    " (needs phala-kms[chain]); exit 6 if it is not.",
+)
+@trust_options
 def encrypt_env_command(
-    kms: str,
-    app_id: str,
+    kms: str | None,
+    app_id: str | None,
+    cvm_id: str | None,
     env_file: str,
-    trusted_signer: str | None,
-    trust_api: bool,
     no_verify: bool,
     interpolate: bool,
     allow_empty: bool,
+    allowed_envs: tuple[str, ...],
+    app_compose: str | None,
+    docker_compose: str | None,
+    check_registered: bool,
+    trust: TrustChoice,
 ) -> None:
-    """Encrypt a .env file to APP_ID's key on KMS; print the hex for `encrypted_env`.
+    """Encrypt a .env file to APP_ID's key on KMS (or to a CVM's, --cvm ID); print the hex
+    for `encrypted_env`.
 
-    The key's signature is verified first: pass --trusted-signer HEX (pinned) or
-    --trust-api (the API's own k256_pubkey; weaker), or --no-verify to skip it
-    knowingly. Only the hex goes to stdout; values are never printed.
+    The key's signature is verified first, against the root key every anchor you name
+    agrees on: --trusted-signer HEX (pinned), --anchor chain --rpc-url URL (the KMS
+    contract), --anchor node, --trust-api (the API's own report; weaker); or --no-verify
+    to skip it knowingly. The variables are checked against what the TEE accepts (and
+    the allowed names, if given) before any request. Only the hex goes to stdout;
+    values are never printed.
     """
     from rich.markup import escape
 
     from .._params import app_id_hex
-    from ..crypto import encrypt_env_plaintext, env_vars_plaintext
+    from .._trusted import check_cvm_signer, cvm_target
+    from ..crypto import check_trusted_signer, encrypt_env_plaintext, env_vars_plaintext
 
     settings = current_settings()
-    if (trusted_signer is not None) + trust_api + no_verify != 1:
+    _target(kms, app_id, cvm_id)
+    if no_verify == bool(trust.sources):
         raise click.UsageError(
-            "choose exactly one of --trusted-signer HEX, --trust-api or --no-verify: the key"
-            " must be verified against a signer you chose, or the check skipped explicitly"
+            "choose exactly one of: a signer (--trusted-signer HEX, --trust-api, --anchor ...)"
+            " or --no-verify: the key must be verified against a signer you chose, or the"
+            " check skipped explicitly"
         )
+    if check_registered and trust.rpc_url is None:
+        raise click.UsageError("--check-registered needs --rpc-url URL (the KMS contract's chain)")
+    trust.check(rpc_needed=check_registered)
+    allowed, allowed_from = _allowed_envs(allowed_envs, app_compose, docker_compose)
     env = read_env_file(env_file, interpolate=interpolate, allow_empty=allow_empty)
     settings.secrets.update(value for value in env.values() if len(value) >= 3)
-    normalized = app_id_hex(app_id)
-    # names and values checked before any request
-    plaintext = env_vars_plaintext(env, allow_empty=allow_empty)
+    normalized = app_id_hex(app_id) if app_id is not None else None
+    # names, values, TEE limits and allowed names checked before any request
+    plaintext = env_vars_plaintext(env, allowed_envs=allowed, allow_empty=allow_empty)
     with settings.sync_client() as client:
-        signer = _resolve_signer(client, kms, trusted_signer, trust_api)
+        if cvm_id is not None:
+            cvm = client.get_cvm(cvm_id)
+            kms, cvm_app_id = cvm_target(cvm, cvm_id, kms)
+            normalized = app_id_hex(cvm_app_id)
+        assert kms is not None
+        assert normalized is not None
+        signer = _resolve_signer(client, kms, trust)
         if signer is None:
             stderr().print(
                 "[yellow]warning:[/yellow] --no-verify: encrypting to a key whose signature was"
                 " not checked; whoever can alter the API's answer could read these values.",
                 soft_wrap=True,
             )
-        key = _fetch_key(client, kms, normalized, signer)
+        elif cvm_id is not None:
+            check_cvm_signer(cvm, cvm_id, check_trusted_signer(signer))
+        if check_registered:
+            assert trust.rpc_url is not None
+            client.check_app_registered(
+                kms, normalized, rpc_url=trust.rpc_url, ssl_context=trust.ssl_context
+            )
+        key = _fetch_key(client, kms, normalized, signer, trust)
     encrypted = encrypt_env_plaintext(plaintext, key.public_key_bytes)  # exactly what was checked
     if settings.json_output:
         emit_json(
             {
                 "kms": kms,
                 "app_id": normalized,
+                "cvm_id": cvm_id,
                 "encrypted_env": encrypted,
                 "env_keys": list(env),
-                **_signer_json(signer),
+                "allowed_envs": list(allowed) if allowed is not None else None,
+                "registered_on_chain": True if check_registered else None,
+                **verification_json(signer, _verified(key)),
             }
         )
         return
     click.echo(encrypted)
-    verified = f" key verified against {signer.k256_pubkey}" if signer else " key NOT verified"
+    target = f"app {normalized} on {kms}" + (f" (CVM {cvm_id})" if cvm_id else "")
+    verified = (
+        f" key verified: {verification_text(signer, _verified(key))}"
+        if signer
+        else " key NOT verified"
+    )
+    checks = ""
+    if allowed_from is not None:
+        checks += f"; every name allowed ({allowed_from})"
+    if check_registered:
+        checks += "; app registered with the KMS contract on chain"
     stderr().print(
         escape(
             inert(
-                f"encrypted {len(env)} variable(s) ({', '.join(env)}) for app"
-                f" {normalized} on {kms};{verified}"
+                f"encrypted {len(env)} variable(s) ({', '.join(env)}) for {target};{verified}"
+                f"{checks}"
             )
         ),
         soft_wrap=True,

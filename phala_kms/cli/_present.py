@@ -141,6 +141,33 @@ def _rate_limited(err: errors.RateLimitError) -> str:
     return f"rate limited: wait{wait} and try again"
 
 
+def _reason(*reasons: str) -> Callable[[errors.SignatureVerificationError], bool]:
+    """A rule's condition: the verification error has one of these ``reason`` s."""
+    return lambda err: err.reason in reasons
+
+
+# The SDK's argument names -> the options of the key commands that set them.
+_OPTION_OF = {
+    "pinned": "--trusted-signer",
+    "sources": "--anchor",
+    "rpc_url": "--rpc-url",
+    "node_url": "--node-url",
+    "node_urls": "--node-url",
+    "ssl_context": "--ca-file",
+    "cvm_id": "--cvm",
+    "allowed_envs": "--allowed-envs / --app-compose / --docker-compose",
+    "app_compose": "--app-compose",
+    "docker_compose": "--docker-compose",
+    "env_vars": "--env-file against the TEE's limits, --allowed-envs / --app-compose /"
+    " --docker-compose, and --allow-empty",
+}
+
+
+def _check_argument(err: errors.InvalidArgumentError) -> str:
+    option = _OPTION_OF.get(err.argument or "")
+    return f"check {option}; see --help" if option else "check the arguments; see --help"
+
+
 _PREFIX_HINT = f"check --base-url / {ENV_BASE_URL}: it must be the API prefix ending in /api/v1"
 _SIGNER_HINT = (
     "--trusted-signer must be the KMS root key (k256_pubkey: 33 or 65 bytes"
@@ -164,9 +191,16 @@ ERROR_TABLE: Mapping[type[BaseException], tuple[Rule, ...]] = {
             f"set {ENV_API_KEY} or pass --api-key (printable ASCII, e.g. phak_...)",
             when=lambda err: err.setting == "api_key",
         ),
+        Rule(
+            ExitCode.USAGE,
+            "install the chain trust anchor's extra: pip install 'phala-kms[chain]'"
+            " (from a checkout: pip install -e '.[cli,chain]'), or drop --anchor chain"
+            " / --check-registered",
+            when=lambda err: err.setting == "chain",
+        ),
         Rule(ExitCode.USAGE, f"check --base-url / {ENV_BASE_URL} and the other global options"),
     ),
-    errors.InvalidArgumentError: (Rule(ExitCode.USAGE, "check the arguments; see --help"),),
+    errors.InvalidArgumentError: (Rule(ExitCode.USAGE, _check_argument),),
     errors.NotFoundError: (
         Rule(
             ExitCode.NOT_FOUND,
@@ -178,6 +212,56 @@ ERROR_TABLE: Mapping[type[BaseException], tuple[Rule, ...]] = {
     ),
     errors.SignatureVerificationError: (
         Rule(ExitCode.USAGE, _SIGNER_HINT, when=_bad_signer_input),
+        # --rpc-url serves another chain than the KMS contract's: the caller's setting is
+        # wrong (nothing was read from that chain), so usage, like a malformed signer
+        Rule(
+            ExitCode.USAGE,
+            "--rpc-url must be a JSON-RPC endpoint of the chain the KMS contract is on"
+            " (its chain_id: see `phala-kms contracts`); nothing was read from the other chain",
+            when=_reason("wrong_chain"),
+        ),
+        Rule(
+            ExitCode.VERIFICATION,
+            "do not encrypt to this key: the KMS sent only the legacy signature (no"
+            " timestamp, replayable) and --require-timestamped refuses it; drop that option"
+            " only if you accept a key that an old signature vouches for",
+            when=_reason("legacy_signature"),
+        ),
+        Rule(
+            ExitCode.VERIFICATION,
+            "do not encrypt to this key: its timestamp and signature_v1 do not come"
+            " together (one was stripped or added on the way); try again, and report it"
+            " if it persists",
+            when=_reason("incomplete_signature_v1"),
+        ),
+        Rule(
+            ExitCode.VERIFICATION,
+            "do not encrypt: the trust anchors disagree on the KMS root key (each source and"
+            " its key are listed above); find out which is wrong: a stale --trusted-signer"
+            " after a key rotation, an --rpc-url or --node-url of another KMS, or the API",
+            when=_reason("anchor_mismatch"),
+        ),
+        Rule(
+            ExitCode.VERIFICATION,
+            "that trust anchor cannot vouch for the root key (no contract or kmsInfo at the"
+            " address, an off-chain KMS for --anchor chain, a node without a key, or an RPC"
+            " error); check --rpc-url / --node-url, or drop that --anchor",
+            when=_reason("anchor_unavailable"),
+        ),
+        Rule(
+            ExitCode.VERIFICATION,
+            "that trust anchor answered something that is not a root key (malformed ABI"
+            " data, or not a secp256k1 key); check --rpc-url / --node-url point at the"
+            " KMS's own chain and nodes",
+            when=_reason("malformed_anchor"),
+        ),
+        Rule(
+            ExitCode.VERIFICATION,
+            "nothing was encrypted: the KMS contract does not list this app id"
+            " (registeredApps is false), so its CVM could not get keys from this KMS;"
+            " check the app id and the KMS",
+            when=_reason("app_not_registered"),
+        ),
         Rule(
             ExitCode.VERIFICATION,
             "do not encrypt to this key: it is not proven to come from the trusted KMS;"

@@ -12,6 +12,8 @@ deploy contracts and run calls. :class:`FakeChainRPC` serves it as JSON-RPC 2.0 
         await client.get_trusted_signer("kms", sources=("chain",), rpc_url=rpc.url)
 
 A revert answers the JSON-RPC error ``{"code": 3, "message": "execution reverted"}``.
+:func:`dstack_kms_init_code` builds a minimal contract with DstackKms's two public
+getters to deploy there (no Solidity compiler needed).
 """
 
 from __future__ import annotations
@@ -19,13 +21,73 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 
 from ._thread import ServerThread
 
-__all__ = ["EthTesterEVM", "FakeChainRPC", "ThreadedFakeChainRPC"]
+__all__ = ["EthTesterEVM", "FakeChainRPC", "ThreadedFakeChainRPC", "dstack_kms_init_code"]
+
+
+def _abi_bytes(*items: bytes) -> bytes:
+    """The ABI encoding of a tuple of ``bytes`` values (head of offsets, then each value
+    as its 32-byte length and its data padded to 32 bytes)."""
+    head, tail = b"", b""
+    for item in items:
+        head += (32 * len(items) + len(tail)).to_bytes(32, "big")
+        tail += len(item).to_bytes(32, "big") + item + b"\x00" * (-len(item) % 32)
+    return head + tail
+
+
+def dstack_kms_init_code(
+    k256_pubkey: bytes, registered_apps: Iterable[bytes] = (), *, ca_pubkey: bytes = b""
+) -> bytes:
+    """Creation code of a minimal contract with DstackKms's public getters.
+
+    Its runtime answers ``kmsInfo()`` with ``(k256_pubkey, ca_pubkey, b"", b"")``
+    ABI-encoded as ``(bytes, bytes, bytes, bytes)``, ``registeredApps(address)`` with
+    ``true`` for each of ``registered_apps`` (kept at the storage slot named by the
+    address, not Solidity's mapping slot: the getter's answer is the same), and reverts
+    on anything else, like Solidity without a fallback (Dstack-TEE/dstack
+    ``dstack/kms/auth-eth/contracts/DstackKms.sol``). Hand-assembled::
+
+        sel = calldataload(0) >> 224
+        if sel == KMS_INFO_SELECTOR: codecopy(0, BLOB, n); return(0, n)
+        if sel == REGISTERED_APPS_SELECTOR: mstore(0, sload(calldataload(4))); return(0, 32)
+        revert(0, 0)
+
+    Args:
+        k256_pubkey: The root key to store (SEC1 bytes; stored as given).
+        registered_apps: 20-byte app ids whose ``registeredApps`` is true.
+        ca_pubkey: The ``caPubkey`` member.
+
+    Returns:
+        Bytecode for :meth:`EthTesterEVM.deploy`.
+    """
+    from .._evm import KMS_INFO_SELECTOR, REGISTERED_APPS_SELECTOR
+
+    blob = _abi_bytes(k256_pubkey, ca_pubkey, b"", b"")
+    n = len(blob).to_bytes(2, "big")
+    info, reg, data = 45, 32, 61  # offsets of the two JUMPDESTs and of the blob
+    runtime = (
+        b"\x60\x00\x35\x60\xe0\x1c"  # PUSH1 0 CALLDATALOAD PUSH1 224 SHR
+        + b"\x80\x63" + KMS_INFO_SELECTOR + b"\x14\x61" + info.to_bytes(2, "big") + b"\x57"
+        + b"\x80\x63" + REGISTERED_APPS_SELECTOR + b"\x14\x61" + reg.to_bytes(2, "big") + b"\x57"
+        + b"\x60\x00\x80\xfd"  # revert(0, 0)
+        + b"\x5b\x60\x04\x35\x54\x60\x00\x52\x60\x20\x60\x00\xf3"  # REG
+        + b"\x5b\x61" + n + b"\x61" + data.to_bytes(2, "big") + b"\x60\x00\x39"  # INFO
+        + b"\x61" + n + b"\x60\x00\xf3"
+    )  # fmt: skip
+    assert len(runtime) == data
+    runtime += blob
+    # creation: sstore(app, 1) for each app; codecopy(0, RUNTIME, size); return(0, size)
+    head = b"".join(b"\x60\x01\x73" + bytes(app) + b"\x55" for app in registered_apps)
+    size = len(runtime).to_bytes(2, "big")
+    start = (len(head) + 15).to_bytes(2, "big")  # 15: the copy-and-return code below
+    tail = b"\x61" + size + b"\x61" + start + b"\x60\x00\x39" + b"\x61" + size + b"\x60\x00\xf3"
+    return head + tail + runtime
 
 
 class EthTesterEVM:

@@ -264,8 +264,12 @@ def test_pubkey_pinned_signer(server: FakeKMSServer) -> None:
     data = run_json(server, "pubkey", "base", "0x" + APP_ID.upper(), "--trusted-signer", signer)
     assert data["verified"] is True
     assert data["app_id"] == APP_ID
-    assert (data["trusted_signer"], data["trusted_signer_source"]) == (signer, "--trusted-signer")
+    assert data["trusted_signer"] == signer
+    assert data["trusted_signer_source"] == "pinned: the caller's k256_pubkey"
+    assert data["anchors"] == [{"source": "pinned", "detail": data["trusted_signer_source"]}]
     assert data["public_key"] == server.app_public_key("base", APP_ID).hex()
+    # the fake signs only the legacy form by default: said, with no timestamp claimed
+    assert data["verification"] == {"scheme": "signature", "signer": signer, "timestamp": None}
 
 
 @pytest.mark.parametrize(
@@ -289,10 +293,16 @@ def test_pubkey_verify_needs_a_signer(server: FakeKMSServer) -> None:
     result = invoke(server, "pubkey", "phala", APP_ID, "--verify")
     assert result.exit_code == ExitCode.USAGE
     assert "--trusted-signer" in result.stderr
+    # a pinned key and the API are two anchors: they must agree
     both = invoke(
         server, "pubkey", "phala", APP_ID, "--trust-api", "--trusted-signer", server.k256_pubkey
     )
-    assert both.exit_code == ExitCode.USAGE
+    assert both.exit_code == 0, both.output
+    assert "warning: --trust-api" not in both.stderr  # not the API alone
+    other = server.k256_pubkey_for("base")
+    disagree = invoke(server, "pubkey", "phala", APP_ID, "--trust-api", "--trusted-signer", other)
+    assert disagree.exit_code == ExitCode.VERIFICATION
+    assert "anchor_mismatch" in disagree.stderr or "disagree" in disagree.stderr
 
 
 def test_pubkeys_fan_out(server: FakeKMSServer) -> None:

@@ -25,8 +25,13 @@ STEP_TITLES = [
     "Round trip: decrypt one with the app's private key",
     "Show a typed error",
     "Survive an injected 503 with one retry",
+    "Deploy a DstackKms stand-in on an in-process EVM",
+    "Read the KMS root key from the chain",
+    "Cross-check the root key: chain, API and nodes agree",
+    "Verify the app key (signature_v1), encrypt, decrypt with the app's key",
 ]
-FAKE_ONLY = {8, 10}
+FAKE_ONLY = {8, 10, 11, 12, 13, 14}
+CHAIN_STEPS = (11, 12, 13, 14)
 
 
 def demo(*args: str) -> Result:
@@ -41,7 +46,7 @@ def test_demo_against_the_embedded_fake() -> None:
     for title in STEP_TITLES:
         assert title in out
     assert "FAIL" not in out
-    assert "50 unique nodes" in out
+    assert "51 unique nodes" in out  # 50, and the KMS whose contract is on the local EVM
     assert "get_kms_on_chain_detail('base')" in out
     assert "trusted signer = contracts[0].k256_pubkey" in out
     assert "300 keys, every signature verified" in out
@@ -50,7 +55,16 @@ def test_demo_against_the_embedded_fake() -> None:
     assert "request_id='req_fake" in out
     assert "retrying GET" in out
     assert "(retry 1 of 2) after ServerError 503" in out
-    assert "Summary: 10 of 10 steps ok (0 failed, 0 skipped)" in out
+    # the chain of trust, end to end
+    assert "eth-tester + py-evm chain" in out
+    assert "eth_chainId = " in out
+    assert "eth_call kmsInfo()" in out
+    assert "3 sources agree on" in out
+    assert "SignatureVerificationError(reason='anchor_mismatch')" in out
+    assert "(app_not_registered)" in out
+    assert "signature_v1 verified (timestamp" in out
+    assert "the app's private key opens it: 3 variables, every value matches" in out
+    assert "Summary: 14 of 14 steps ok (0 failed, 0 skipped)" in out
     for value in _demo.SAMPLE_ENV.values():
         assert value not in result.output
     assert "\x1b[" not in out
@@ -62,7 +76,7 @@ def test_demo_json_report() -> None:
     report = json.loads(result.stdout)
     assert report["ok"] is True
     assert report["mode"] == "fake"
-    assert report["counts"] == {"ok": 10, "failed": 0, "skipped": 0}
+    assert report["counts"] == {"ok": 14, "failed": 0, "skipped": 0}
     assert [step["title"] for step in report["steps"]] == STEP_TITLES
     assert all(step["status"] == "ok" and step["error"] is None for step in report["steps"])
     assert "Summary:" in result.stderr  # people's output moves to stderr
@@ -87,7 +101,7 @@ def test_demo_as_a_real_process() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Summary: 10 of 10 steps ok" in proc.stdout
+    assert "Summary: 14 of 14 steps ok" in proc.stdout
     assert "retrying GET" in proc.stdout
     assert "Traceback" not in proc.stderr
 
@@ -103,6 +117,8 @@ def test_a_failing_step_fails_the_demo(monkeypatch: pytest.MonkeyPatch) -> None:
     assert status[4] == "failed"
     assert status[6] == status[7] == status[8] == "skipped"
     assert status[1] == status[9] == status[10] == "ok"
+    # the chain of trust needs no Base contract: its KMS is on the local EVM
+    assert all(status[number] == "ok" for number in CHAIN_STEPS)
     assert "no KMS contract on base" in report["steps"][3]["error"]
     assert report["ok"] is False
     assert "FAIL" in result.stderr
@@ -120,7 +136,26 @@ def test_a_typed_error_sets_the_exit_code(monkeypatch: pytest.MonkeyPatch) -> No
     result = demo()
     assert result.exit_code == ExitCode.NETWORK
     assert "ConnectRefusedError" in result.stdout
-    assert "9 of 10 steps ok (1 failed, 0 skipped)" in result.stdout
+    assert "13 of 14 steps ok (1 failed, 0 skipped)" in result.stdout
+
+
+def test_without_the_chain_packages_the_chain_steps_are_skipped_saying_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``pip install -e '.[cli]'`` brings neither the EVM nor eth-abi: the demo still
+    exits 0, with every other step ok and the chain steps skipped, naming what to install."""
+    monkeypatch.setitem(sys.modules, "eth_tester", None)
+    result = demo("--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert report["counts"] == {"ok": 10, "failed": 0, "skipped": 4}
+    for step in report["steps"]:
+        assert step["status"] == ("skipped" if step["number"] in CHAIN_STEPS else "ok"), step
+    why = report["steps"][10]["details"][0]
+    assert "needs eth-tester" in why
+    assert "pip install -e '.[cli,test]'" in why
+    assert "50 unique nodes" in " ".join(report["steps"][0]["details"])
 
 
 def test_demo_read_only_against_a_given_api(server: FakeKMSServer) -> None:
