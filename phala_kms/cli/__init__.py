@@ -38,7 +38,7 @@ Exit codes (also :data:`EXIT_CODES` and ``phala-kms --help``):
       file that cannot be read (not UTF-8, a line that does not parse, duplicate
       names, no variables), env vars the TEE would refuse or drop, an
       ``--rpc-url`` of another chain than the KMS contract's, or the ``[cli]``
-      extra (``[chain]`` for ``--anchor chain``) not installed
+      extra (or, for ``--anchor chain``, its eth-abi) not installed
 3     authentication: no API key, 401 or 403
 4     not found: 404
 5     network: no usable response (refused, DNS, TLS, timeout), or 5xx after retries

@@ -3,9 +3,10 @@
 With no API key and no base URL configured, the demo starts the embedded fake API
 (:mod:`phala_kms.testing`) on a loopback port in a background thread and runs every
 step against it, including the ones only a fake allows: decrypting with the app's
-private key, injecting a 503, and the chain of trust against an in-process EVM serving
-a DstackKms stand-in (skipped, saying why, when eth-tester, py-evm or eth-abi is not
-installed: they are not part of the ``[cli]`` extra). Pointed at a real API (``--base-url`` /
+private key, injecting a 503, and the chain of trust against an in-process chain holding
+a DstackKms stand-in: a real EVM (eth-tester + py-evm, the ``[test]`` extra) when those
+are installed, else the pure-Python :class:`~phala_kms.testing.DstackKmsStandIn`, so a
+``[cli]`` install runs every step. Pointed at a real API (``--base-url`` /
 ``--api-key`` or their environment variables) it runs the read-only steps only.
 
 Every step checks its own result and the demo exits non-zero if any step fails,
@@ -246,12 +247,12 @@ def demo_command(apps: int | None, concurrency: int) -> None:
     With no API key and no base URL configured (options or environment), it starts
     the embedded fake API in-process and runs every step, including a decryption
     round trip, a retried 503 and the chain of trust (the KMS root key read from a
-    DstackKms contract on an in-process EVM, cross-checked with the API and the
+    DstackKms contract on an in-process chain, cross-checked with the API and the
     nodes, an app key's signature_v1 verified against it, a ciphertext the app's
-    key opens; skipped, saying why, without eth-tester, py-evm and eth-abi). With
-    --base-url/--api-key (or their environment
-    variables) it runs the read-only steps against that API. Exits non-zero if a
-    step misbehaves.
+    key opens). The chain is a real EVM when eth-tester and py-evm are installed,
+    else a pure-Python stand-in; the step says which. With --base-url/--api-key (or
+    their environment variables) it runs the read-only steps against that API.
+    Exits non-zero if a step misbehaves.
     """
     settings = current_settings()
     code = run_demo(

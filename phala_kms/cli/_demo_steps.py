@@ -5,11 +5,13 @@ demo's attributes, and a step whose input is missing (an earlier failure) or tha
 needs the embedded fake (when pointed at a real API) is skipped, not failed.
 
 Steps 11 to 14 walk the chain of trust end to end against the fake and an in-process
-EVM (:class:`ChainStandIn`): the DstackKms contract's ``kmsInfo()`` gives the root key,
+chain (:class:`ChainStandIn`): the DstackKms contract's ``kmsInfo()`` gives the root key,
 the API and the KMS nodes agree with it, the app key's ``signature_v1`` verifies
 against it, and what is encrypted to that key opens with the app's private key. The
-EVM (eth-tester, py-evm) and the chain anchor's ABI decoder (eth-abi) are not part of
-the ``[cli]`` extra, so without them those steps are skipped, saying why.
+chain is a real EVM (eth-tester, py-evm: the ``[test]`` extra) when those import, else
+the pure-Python :class:`~phala_kms.testing.DstackKmsStandIn`; step 11 says which. So a
+plain ``[cli]`` install (which brings eth-abi, the chain anchor's ABI decoder) runs every
+step; they are skipped, saying why, only when eth-abi itself is missing.
 """
 
 from __future__ import annotations
@@ -37,11 +39,11 @@ if TYPE_CHECKING:
         VerifiedAppEnvEncryptPubKey,
     )
     from ..sync import KMSClient
-    from ..testing import EthTesterEVM, FakeKMSServer
+    from ..testing import DstackKmsStandIn, EthTesterEVM, FakeKMSServer
 
 __all__ = [
     "CHAIN",
-    "CHAIN_EXTRAS",
+    "EVM_PACKAGES",
     "LOCAL_KMS_ID",
     "ChainStandIn",
     "Demo",
@@ -59,31 +61,39 @@ PAGE_SIZE = 20
 NEXT_IDS = 5
 UNKNOWN_KMS_ID = "kms_demoDoesNotExist"
 LOCAL_KMS_ID = "kms_demoLocalChain"
-"""The fake's KMS node whose contract the demo deploys on the in-process EVM."""
+"""The fake's KMS node whose contract the demo puts on the in-process chain."""
 REGISTERED_APP = hashlib.sha256(b"phala-kms-demo-registered-app").hexdigest()[:40]
 """The app id the demo's contract registers."""
 UNREGISTERED_APP = hashlib.sha256(b"phala-kms-demo-unknown-app").hexdigest()[:40]
 
-CHAIN_EXTRAS: tuple[tuple[str, str], ...] = (
-    ("eth_abi", "eth-abi"),
-    ("eth_tester", "eth-tester"),
-    ("eth", "py-evm"),
-)
-"""What the chain steps need beyond ``[cli]``: (module, distribution)."""
+EVM_PACKAGES: tuple[tuple[str, str], ...] = (("eth_tester", "eth-tester"), ("eth", "py-evm"))
+"""What a real EVM needs (module, distribution): the ``[test]`` extra, not ``[cli]``."""
 
 
 class ChainStandIn:
-    """An in-process EVM for the chain steps, and (once deployed) its JSON-RPC endpoint.
+    """The demo's in-process chain and, once the contract is on it, its JSON-RPC endpoint.
+
+    The chain is a real EVM (:class:`~phala_kms.testing.EthTesterEVM`, which runs the
+    contract's bytecode) when eth-tester and py-evm are installed, else the pure-Python
+    :class:`~phala_kms.testing.DstackKmsStandIn`, which answers the same two getters
+    without an EVM; the SDK reads either over the same JSON-RPC.
 
     Args:
-        evm: The chain.
+        backend: The chain.
+        description: Which chain it is, for the step's details.
     """
 
-    def __init__(self, evm: EthTesterEVM) -> None:
-        self.evm = evm
-        self.address = evm.next_contract_address()
+    def __init__(self, backend: EthTesterEVM | DstackKmsStandIn, description: str) -> None:
+        self.backend = backend
+        self.description = description
+        self.address = backend.next_contract_address()
         self.url: str | None = None
         self._rpc: Any = None
+
+    @property
+    def chain_id(self) -> int:
+        """The chain id the RPC reports."""
+        return self.backend.chain_id
 
     def node_info(self) -> dict[str, Any]:
         """The fake's ``KmsInfo`` for the KMS whose contract will be at :attr:`address`."""
@@ -92,20 +102,23 @@ class ChainStandIn:
             "slug": None,
             "url": "https://kms.demo-local.invalid",
             "version": "v0.5.7",
-            "chain_id": self.evm.chain_id,
+            "chain_id": self.chain_id,
             "kms_contract_address": self.address,
             "gateway_app_id": None,
         }
 
     def deploy(self, k256_pubkey: bytes, registered: list[bytes]) -> str:
-        """Deploy the DstackKms stand-in and serve the chain; return the RPC URL."""
-        from ..testing import FakeChainRPC
+        """Put the DstackKms on the chain and serve the chain; return the RPC URL."""
+        from ..testing import DstackKmsStandIn, FakeChainRPC
         from ..testing._chain import dstack_kms_init_code
 
-        address = self.evm.deploy(dstack_kms_init_code(k256_pubkey, registered))
+        if isinstance(self.backend, DstackKmsStandIn):
+            address = self.backend.put_contract(k256_pubkey, registered, address=self.address)
+        else:
+            address = self.backend.deploy(dstack_kms_init_code(k256_pubkey, registered))
         if address != self.address:
             raise StepFailed(f"the contract landed at {address}, not {self.address}")
-        self._rpc = FakeChainRPC.in_thread(self.evm)
+        self._rpc = FakeChainRPC.in_thread(self.backend)
         self.url = str(self._rpc.start().url)
         return self.url
 
@@ -117,23 +130,35 @@ class ChainStandIn:
 
 
 def load_chain_stand_in() -> tuple[ChainStandIn | None, str | None]:
-    """An EVM for the chain steps, or ``None`` and why the steps will be skipped."""
+    """The chain for steps 11 to 14: a real EVM when eth-tester and py-evm import, else
+    the pure-Python stand-in; or ``None`` and why the steps will be skipped (only when
+    eth-abi, which the ``[cli]`` extra brings, is missing)."""
     import importlib.util
 
-    missing = [dist for module, dist in CHAIN_EXTRAS if importlib.util.find_spec(module) is None]
-    why = (
-        "skipped: the in-process chain stand-in needs {} (`pip install -e '.[cli,test]'`),"
-        " which the [cli] extra does not bring (py-evm and eth-tester are large and"
-        " published only as pre-releases)"
-    )
-    if missing:
-        return None, why.format(" and ".join(missing))
-    from ..testing import EthTesterEVM
+    from ..testing import DstackKmsStandIn
 
-    try:
-        return ChainStandIn(EthTesterEVM()), None
-    except ImportError as err:  # installed but broken
-        return None, why.format(f"a working eth-tester and py-evm ({err})")
+    if importlib.util.find_spec("eth_abi") is None:
+        return None, (
+            "skipped: the chain trust anchor decodes the contract's answers with eth-abi,"
+            " which is not installed; reinstall with the [cli] extra"
+            " (`pip install -e '.[cli]'`)"
+        )
+    missing = [dist for module, dist in EVM_PACKAGES if importlib.util.find_spec(module) is None]
+    if not missing:
+        from ..testing import EthTesterEVM
+
+        try:
+            evm = EthTesterEVM()
+        except ImportError as err:  # installed but broken
+            missing = [f"a working eth-tester and py-evm ({err})"]
+        else:
+            return ChainStandIn(evm, "eth-tester + py-evm (a real EVM running the bytecode)"), None
+    return ChainStandIn(
+        DstackKmsStandIn(),
+        "DstackKmsStandIn (pure Python, no EVM: it answers kmsInfo() and registeredApps()"
+        f" by selector; {' and '.join(missing)} not installed, `pip install -e '.[cli,test]'`"
+        " for a real EVM)",
+    ), None
 
 
 class StepFailed(Exception):
@@ -228,8 +253,8 @@ class Demo:
         sample_env: The env vars encrypted for every app (values never printed).
         apps: App ids in the key fan-out.
         concurrency: Requests in flight during the fan-out.
-        chain: The in-process EVM for steps 11 to 14, or ``None``.
-        chain_skip: Why there is no EVM (those steps say it when skipped).
+        chain: The in-process chain for steps 11 to 14, or ``None``.
+        chain_skip: Why there is no chain (those steps say it when skipped).
     """
 
     def __init__(
@@ -260,7 +285,7 @@ class Demo:
         self.ciphertexts: dict[str, str] = {}
         self.chain = chain
         self.chain_skip = chain_skip
-        self.local_kms: str | None = None  # the contract on the EVM, as the API names it
+        self.local_kms: str | None = None  # the contract on the local chain, as the API names it
         self.chain_signer: TrustedSigner | None = None
         self.local_key: VerifiedAppEnvEncryptPubKey | None = None
 
@@ -279,7 +304,7 @@ class Demo:
             ("Round trip: decrypt one with the app's private key", self.round_trip),
             ("Show a typed error", lambda s: self.typed_error(s, client)),
             ("Survive an injected 503 with one retry", self.retried_503),
-            ("Deploy a DstackKms stand-in on an in-process EVM", self.deploy_contract),
+            ("Deploy a DstackKms stand-in on an in-process chain", self.deploy_contract),
             ("Read the KMS root key from the chain", lambda s: self.chain_root(s, client)),
             (
                 "Cross-check the root key: chain, API and nodes agree",
@@ -599,7 +624,7 @@ class Demo:
     # -- the chain of trust (steps 11 to 14) ----------------------------------------------
 
     def require_chain(self) -> tuple[FakeKMSServer, ChainStandIn]:
-        """The fake and the EVM; skips the step when either is missing."""
+        """The fake and the in-process chain; skips the step when either is missing."""
         server = self.require_fake()
         if self.chain is None:
             raise _Skip(self.chain_skip or "skipped: no in-process chain")
@@ -611,10 +636,10 @@ class Demo:
         root = server.k256_pubkey_for(LOCAL_KMS_ID)
         url = chain.deploy(bytes.fromhex(root[2:]), [bytes.fromhex(REGISTERED_APP)])
         self.local_kms = next(
-            (c.slug or c.id for c in self.contracts if c.chain_id == chain.evm.chain_id), None
+            (c.slug or c.id for c in self.contracts if c.chain_id == chain.chain_id), None
         )
         _check(self.local_kms is not None, "the API lists no contract on the local chain")
-        step.details.append(f"eth-tester + py-evm chain {chain.evm.chain_id}, JSON-RPC at {url}")
+        step.details.append(f"{chain.description}: chain {chain.chain_id}, JSON-RPC at {url}")
         step.details.append(
             f"contract {chain.address}: kmsInfo() holds KMS {LOCAL_KMS_ID}'s root key,"
             f" registeredApps({short(REGISTERED_APP)}) is true; the API names it as"
@@ -633,7 +658,7 @@ class Demo:
         self.chain_signer = signer
         step.details.append(
             f"get_trusted_signer({self.local_kms!r}, sources=('chain',), rpc_url=...):"
-            f" eth_chainId = {chain.evm.chain_id}, the contract's chain; eth_call kmsInfo()"
+            f" eth_chainId = {chain.chain_id}, the contract's chain; eth_call kmsInfo()"
         )
         step.details.append(f"root key (k256Pubkey) = {signer.k256_pubkey}")
 

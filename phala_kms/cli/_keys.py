@@ -2,7 +2,10 @@
 
 The trusted signer comes from the trust options (:mod:`phala_kms.cli._trust`), mapped
 onto the SDK's :meth:`~phala_kms.AsyncKMSClient.get_trusted_signer`; the output says
-what was verified (scheme, signer, timestamp) and which anchors agreed."""
+what was verified (scheme, signer, timestamp) and which anchors agreed. ``pubkey
+--from-node URL`` takes the key from a KMS node instead of the Cloud API
+(:meth:`~phala_kms.AsyncKMSClient.get_verified_app_env_encrypt_pubkey_from_node`),
+verified against the same anchors."""
 
 from __future__ import annotations
 
@@ -65,6 +68,38 @@ def _fetch_key(
     )
 
 
+def _fetch_node_key(
+    client: KMSClient, node_url: str, app_id: str, signer: TrustedSigner, trust: TrustChoice
+) -> VerifiedAppEnvEncryptPubKey:
+    """The app's key from the KMS node at ``node_url``, verified against ``signer``.
+
+    Raises:
+        Failure: The node is unreachable or answered something that is not a key (its
+            SDK error's exit code, with a hint about ``--from-node``).
+        SignatureVerificationError: The key does not verify (the error table's hint).
+    """
+    from ..errors import APIResponseError, TransportError
+
+    try:
+        return client.get_verified_app_env_encrypt_pubkey_from_node(
+            node_url, app_id, trusted_signer=signer,
+            require_timestamped=trust.require_timestamped, ssl_context=trust.ssl_context,
+        )  # fmt: skip
+    except TransportError as err:
+        hint = (
+            "the KMS node did not answer: check the --from-node URL (a node's url, see"
+            " `phala-kms info KMS_ID`), your network, and --ca-file for a node with its own"
+            " CA; or drop --from-node to fetch the key from the Cloud API"
+        )
+        raise Failure(describe_error(err), hint, exit_code_for(err), cause=err) from err
+    except APIResponseError as err:
+        hint = (
+            "the KMS node answered something that is not an app key: check that --from-node"
+            " is the node's base URL (its url in `phala-kms info KMS_ID`, without /prpc)"
+        )
+        raise Failure(describe_error(err), hint, exit_code_for(err), cause=err) from err
+
+
 def _verified(key: _Key | None) -> VerifiedAppEnvEncryptPubKey | None:
     from ..models import VerifiedAppEnvEncryptPubKey
 
@@ -88,36 +123,67 @@ def _anchor_rows(signer: TrustedSigner) -> list[tuple[str, Any]]:
     help="Verify the key's signature; needs a signer (--trusted-signer, --trust-api or"
     " --anchor), which implies it.",
 )
+@click.option(
+    "--from-node",
+    "from_node",
+    metavar="URL",
+    help="Fetch the key straight from this KMS node (POST URL/prpc/GetAppEnvEncryptPubKey?json)"
+    " instead of the Cloud API, and verify it against the anchors exactly like the API's"
+    " (so it needs a signer). https, or http to loopback only; --ca-file adds a CA for its"
+    " TLS. The API key is never sent to the node.",
+)
 @trust_options
-def pubkey_command(kms: str, app_id: str, verify: bool, trust: TrustChoice) -> None:
+def pubkey_command(
+    kms: str, app_id: str, verify: bool, from_node: str | None, trust: TrustChoice
+) -> None:
     """Fetch the env-encryption public key of APP_ID on KMS (an id, slug, or phala/base/ethereum).
 
     Without a signer (--trusted-signer, --trust-api, --anchor) the key is shown unverified.
+    With --from-node URL the key comes from that KMS node, not from the Cloud API, and is
+    always verified (KMS still names whose root key the anchors give).
     """
     from .._params import app_id_hex
+    from .._peer import check_peer_url
 
     settings = current_settings()
-    if verify and not trust.sources:
+    if (verify or from_node is not None) and not trust.sources:
+        needs = "--verify" if from_node is None else "--from-node"
         raise click.UsageError(
-            "--verify needs a signer to compare with: --trusted-signer HEX (pinned, e.g. the"
+            f"{needs} needs a signer to compare with: --trusted-signer HEX (pinned, e.g. the"
             " KMS's k256_pubkey from `phala-kms onchain base`), --anchor chain --rpc-url URL"
             " (the KMS contract itself), --anchor node, or --trust-api (the API's own"
             " report; weaker)"
         )
-    trust.check()
+    trust.check(node_needed=from_node is not None)
     normalized = app_id_hex(app_id)
+    node_url = check_peer_url(from_node, "from_node") if from_node is not None else None
     with settings.sync_client() as client:
         signer = _resolve_signer(client, kms, trust)
-        key = _fetch_key(client, kms, normalized, signer, trust)
+        if node_url is not None:
+            assert signer is not None  # a source is named (checked above)
+            key: _Key = _fetch_node_key(client, node_url, normalized, signer, trust)
+        else:
+            key = _fetch_key(client, kms, normalized, signer, trust)
+    source = (
+        f"node: POST {node_url}/prpc/GetAppEnvEncryptPubKey?json"
+        if node_url is not None
+        else f"api: GET /kms/{kms}/pubkey/{normalized}"
+    )
     data = to_jsonable(key)
     if settings.json_output:
         emit_json(
-            {"kms": kms, "app_id": normalized, **data, **verification_json(signer, _verified(key))}
+            {
+                "kms": kms,
+                "app_id": normalized,
+                **data,
+                "key_source": source,
+                **verification_json(signer, _verified(key)),
+            }
         )
         return
     extra = data.pop("extra", {})
     data.pop("app_id", None)
-    rows: list[tuple[str, Any]] = [("kms", kms), ("app_id", normalized)]
+    rows: list[tuple[str, Any]] = [("kms", kms), ("app_id", normalized), ("from", source)]
     rows += [(name, value) for name, value in data.items() if value is not None]
     if signer is not None:
         rows.append(("verified", "yes: " + verification_text(signer, _verified(key))))
@@ -390,8 +456,8 @@ def _target(kms: str | None, app_id: str | None, cvm_id: str | None) -> None:
 @click.option(
     "--check-registered",
     is_flag=True,
-    help="First require the KMS contract's registeredApps(APP_ID) to be true, over --rpc-url"
-    " (needs phala-kms[chain]); exit 6 if it is not.",
+    help="First require the KMS contract's registeredApps(APP_ID) to be true, over"
+    " --rpc-url; exit 6 if it is not.",
 )
 @trust_options
 def encrypt_env_command(

@@ -153,6 +153,7 @@ _OPTION_OF = {
     "rpc_url": "--rpc-url",
     "node_url": "--node-url",
     "node_urls": "--node-url",
+    "from_node": "--from-node",
     "ssl_context": "--ca-file",
     "cvm_id": "--cvm",
     "allowed_envs": "--allowed-envs / --app-compose / --docker-compose",
@@ -193,9 +194,9 @@ ERROR_TABLE: Mapping[type[BaseException], tuple[Rule, ...]] = {
         ),
         Rule(
             ExitCode.USAGE,
-            "install the chain trust anchor's extra: pip install 'phala-kms[chain]'"
-            " (from a checkout: pip install -e '.[cli,chain]'), or drop --anchor chain"
-            " / --check-registered",
+            "eth-abi, which the [cli] extra brings, is missing: reinstall with"
+            " pip install 'phala-kms[cli]' (from a checkout: pip install -e '.[cli]';"
+            " the SDK alone: 'phala-kms[chain]'), or drop --anchor chain / --check-registered",
             when=lambda err: err.setting == "chain",
         ),
         Rule(ExitCode.USAGE, f"check --base-url / {ENV_BASE_URL} and the other global options"),

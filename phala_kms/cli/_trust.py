@@ -11,7 +11,8 @@ source must agree lives (:mod:`phala_kms.anchors`):
   the sources are the union of the three;
 * ``--rpc-url`` is the ``chain`` source's JSON-RPC endpoint, ``--node-url`` (repeatable)
   the nodes of the ``node`` source (default: the API's list of the KMS's nodes), and
-  ``--ca-file`` a PEM CA trusted for both, in addition to the system store;
+  ``--ca-file`` a PEM CA trusted for both (and for ``pubkey --from-node``'s node), in
+  addition to the system store;
 * no source at all means no verification (``pubkey`` shows the key unverified,
   ``encrypt-env`` needs ``--no-verify`` for that).
 
@@ -76,12 +77,14 @@ class TrustChoice:
             named.add("api")
         return tuple(name for name in ANCHORS if name in named)
 
-    def check(self, *, rpc_needed: bool = False) -> None:
+    def check(self, *, rpc_needed: bool = False, node_needed: bool = False) -> None:
         """Refuse options that contradict or would be ignored; before any request.
 
         Args:
             rpc_needed: Something besides ``--anchor chain`` uses ``--rpc-url``
                 (``encrypt-env --check-registered``).
+            node_needed: Something besides ``--anchor node`` talks to a KMS node, so
+                ``--ca-file`` is used (``pubkey --from-node``).
 
         Raises:
             click.UsageError: ``--anchor pinned`` without ``--trusted-signer``;
@@ -101,10 +104,10 @@ class TrustChoice:
         if self.node_urls and "node" not in sources:
             raise click.UsageError("--node-url is used by --anchor node")
         if self.ca_file is not None and not (
-            {"chain", "node"} & set(sources) or (rpc_needed and self.rpc_url)
+            {"chain", "node"} & set(sources) or (rpc_needed and self.rpc_url) or node_needed
         ):
             raise click.UsageError(
-                "--ca-file is used by --anchor node, --anchor chain or --rpc-url"
+                "--ca-file is used by --anchor node, --anchor chain, --rpc-url or --from-node"
             )
         if self.require_timestamped and not sources:
             raise click.UsageError(
@@ -244,8 +247,8 @@ def _options() -> list[Callable[[F], F]]:
             multiple=True,
             help="A source of the KMS root key; repeat it: every source named must agree"
             " (else exit 6). pinned: --trusted-signer; api: the Cloud API; chain: the DstackKms"
-            " contract's kmsInfo() over --rpc-url (needs phala-kms[chain]); node: the KMS"
-            " nodes' GetMeta (--node-url, default the API's list of nodes).",
+            " contract's kmsInfo() over --rpc-url; node: the KMS nodes' GetMeta (--node-url,"
+            " default the API's list of nodes).",
         ),
         click.option(
             "--rpc-url",
@@ -266,8 +269,9 @@ def _options() -> list[Callable[[F], F]]:
             "--ca-file",
             type=click.Path(exists=True, dir_okay=False),
             metavar="PATH",
-            help="PEM CA certificate(s) to trust for the nodes and the RPC, in addition to the"
-            " system store (e.g. the KMS's own CA). TLS is never switched off.",
+            help="PEM CA certificate(s) to trust for the nodes (--anchor node, pubkey"
+            " --from-node) and the RPC, in addition to the system store (e.g. the KMS's own"
+            " CA). TLS is never switched off.",
         ),
         click.option(
             "--require-timestamped",

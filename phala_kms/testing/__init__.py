@@ -46,6 +46,16 @@ app was deployed::
 
     app_id = server.deploy_app()   # the first predicted id; predictions move on by one
 
+The chain trust anchor (``get_trusted_signer(..., sources=("chain",))``) reads a DstackKms
+contract over JSON-RPC: :class:`FakeChainRPC` serves a chain on a loopback port, either
+a real EVM (:class:`EthTesterEVM`, needs eth-tester and py-evm) or the pure-Python
+:class:`DstackKmsStandIn`, which needs nothing more::
+
+    chain = DstackKmsStandIn()
+    address = chain.put_contract(root_key_bytes, [app_id_bytes])   # kmsInfo, registeredApps
+    with FakeChainRPC.in_thread(chain) as rpc:
+        ...   # rpc_url=rpc.url; the KMS's contract_address in the fake must be ``address``
+
 With pytest, the plugin (installed with phala-kms) provides the fixtures
 ``fake_kms_server`` (async) and ``fake_kms_server_thread`` (sync); mark a test with
 ``@pytest.mark.fake_kms_options(...)`` to pass :class:`FakeKMSServer` arguments. From a
@@ -61,7 +71,7 @@ from .._constants import API_VERSIONS, CONTRACT_API_VERSION, NODE_API_VERSION
 from .._lazy import lazy_attributes
 
 if TYPE_CHECKING:
-    from ._chain import EthTesterEVM, FakeChainRPC
+    from ._chain import ChainBackend, DstackKmsStandIn, EthTesterEVM, FakeChainRPC
     from ._decrypt import decrypt_env_vars
     from ._faults import (
         DropConnectionFault,
@@ -88,7 +98,9 @@ if TYPE_CHECKING:
 __all__ = [
     "API_VERSIONS",
     "CONTRACT_API_VERSION",
+    "ChainBackend",
     "DEFAULT_API_KEY",
+    "DstackKmsStandIn",
     "DropConnectionFault",
     "EthTesterEVM",
     "FakeChainRPC",
@@ -122,6 +134,8 @@ __all__ = [
 # Every name of __all__ that is neither imported above nor listed here is a fault type.
 _MODULES = {
     "decrypt_env_vars": "_decrypt",
+    "ChainBackend": "_chain",
+    "DstackKmsStandIn": "_chain",
     "EthTesterEVM": "_chain",
     "FakeChainRPC": "_chain",
     "Injection": "_injections",

@@ -1,34 +1,55 @@
-"""A real EVM behind a JSON-RPC endpoint on 127.0.0.1, for testing the chain trust anchor.
+"""A chain behind a JSON-RPC endpoint on 127.0.0.1, for testing the chain trust anchor.
 
-:class:`EthTesterEVM` is an in-process Ethereum chain (``eth-tester`` with the ``py-evm``
-backend, imported on first use: ``pip install 'eth-tester[py-evm]' py-evm``) that can
-deploy contracts and run calls. :class:`FakeChainRPC` serves it as JSON-RPC 2.0 over HTTP
-(``eth_chainId``, ``eth_call``, ``eth_blockNumber``), the calls
-:mod:`phala_kms.anchors` makes::
+:class:`FakeChainRPC` serves a chain as JSON-RPC 2.0 over HTTP (``eth_chainId``,
+``eth_call``, ``eth_blockNumber``), the calls :mod:`phala_kms.anchors` makes. The chain
+is anything with the :class:`ChainBackend` interface; two come with this module:
 
-    evm = EthTesterEVM()
-    address = evm.deploy(init_code)              # a contract you assembled or compiled
-    async with FakeChainRPC(evm) as rpc:         # or: with FakeChainRPC.in_thread(evm) as rpc:
-        await client.get_trusted_signer("kms", sources=("chain",), rpc_url=rpc.url)
+* :class:`EthTesterEVM`, a real in-process Ethereum chain (``eth-tester`` with the
+  ``py-evm`` backend, imported on first use: ``pip install 'eth-tester[py-evm]' py-evm``)
+  that deploys contracts and runs their bytecode. The SDK's own tests of the chain
+  anchor use it, with :func:`dstack_kms_init_code` (a minimal contract with DstackKms's
+  two public getters, hand-assembled: no Solidity compiler needed)::
+
+      evm = EthTesterEVM()
+      address = evm.deploy(dstack_kms_init_code(root_key, [app_id]))
+      async with FakeChainRPC(evm) as rpc:         # or: with FakeChainRPC.in_thread(evm) as rpc:
+          await client.get_trusted_signer("kms", sources=("chain",), rpc_url=rpc.url)
+
+* :class:`DstackKmsStandIn`, pure Python and instant: it answers DstackKms's two
+  getters by selector for the contracts put on it, and runs no bytecode. It exists so
+  that ``phala-kms demo`` and your own tests can exercise the chain anchor without
+  py-evm (large, published only as pre-releases)::
+
+      chain = DstackKmsStandIn()
+      address = chain.put_contract(root_key, [app_id])
+      with FakeChainRPC.in_thread(chain) as rpc:
+          ...
 
 A revert answers the JSON-RPC error ``{"code": 3, "message": "execution reverted"}``.
-:func:`dstack_kms_init_code` builds a minimal contract with DstackKms's two public
-getters to deploy there (no Solidity compiler needed).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from ._thread import ServerThread
 
-__all__ = ["EthTesterEVM", "FakeChainRPC", "ThreadedFakeChainRPC", "dstack_kms_init_code"]
+__all__ = [
+    "ChainBackend",
+    "DstackKmsStandIn",
+    "EthTesterEVM",
+    "ExecutionReverted",
+    "FakeChainRPC",
+    "ThreadedFakeChainRPC",
+    "dstack_kms_init_code",
+]
 
 
 def _abi_bytes(*items: bytes) -> bytes:
@@ -182,7 +203,174 @@ class EthTesterEVM:
 
 
 class ExecutionReverted(Exception):
-    """A call reverted in the EVM."""
+    """A call reverted on the chain (:class:`EthTesterEVM` or :class:`DstackKmsStandIn`)."""
+
+
+class ChainBackend(Protocol):
+    """What :class:`FakeChainRPC` serves: :class:`EthTesterEVM` and
+    :class:`DstackKmsStandIn` both have it."""
+
+    @property
+    def chain_id(self) -> int:
+        """The chain id ``eth_chainId`` reports."""
+        ...
+
+    def call(self, to: str, data: str) -> str:
+        """Run a read-only call at the latest block; return its output as ``0x`` hex.
+
+        Args:
+            to: The called address, ``0x`` + 40 hex.
+            data: The calldata, ``0x`` + hex.
+
+        Raises:
+            ExecutionReverted: The call reverted.
+            ValueError: ``to`` or ``data`` is malformed (an ``invalid params`` error).
+        """
+        ...
+
+    def block_number(self) -> int:
+        """The latest block's number."""
+        ...
+
+
+_ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{40}")
+_CALLDATA_RE = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
+_WORD = 32
+
+
+def _address(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _ADDRESS_RE.fullmatch(value):
+        raise ValueError(f"{what} must be 0x and 40 hex characters, not {value!r:.60}")
+    return value.lower()
+
+
+def _app_address(app: bytes) -> bytes:
+    app = bytes(app)
+    if len(app) != 20:
+        raise ValueError(f"a registered app id is 20 bytes, not {len(app)}")
+    return app
+
+
+class DstackKmsStandIn:
+    """A chain of DstackKms contracts in pure Python: no EVM, no bytecode. Thread-safe.
+
+    Each contract put on it with :meth:`put_contract` answers DstackKms's two public
+    getters (Dstack-TEE/dstack ``dstack/kms/auth-eth/contracts/DstackKms.sol``) by
+    the calldata's 4-byte selector:
+
+    * ``kmsInfo()`` (:data:`phala_kms._evm.KMS_INFO_SELECTOR`): ``(k256Pubkey,
+      caPubkey, quote, eventlog)`` ABI-encoded as ``(bytes, bytes, bytes, bytes)``,
+      with ``quote`` and ``eventlog`` empty;
+    * ``registeredApps(address)``: an ABI ``bool`` (one 32-byte word), true for the
+      contract's registered apps. Calldata too short for the argument, or an argument
+      whose upper 12 bytes are not zero, reverts (as Solidity's ABI decoder does);
+    * any other selector reverts (Solidity without a fallback).
+
+    A call to an address holding no contract returns empty output (``0x``), as a real
+    chain does for an account without code.
+
+    The SDK's own tests of the chain anchor run against a real EVM
+    (:class:`EthTesterEVM` executing :func:`dstack_kms_init_code`), and this stand-in's
+    answers are tested to decode to the same values. It runs no bytecode, so it proves
+    nothing about a contract: it exists so that ``phala-kms demo`` and your own tests of
+    code that *uses* the chain anchor run without py-evm.
+
+    Args:
+        chain_id: The chain id ``eth_chainId`` reports (default 31337, the chain id of
+            local development chains).
+    """
+
+    def __init__(self, chain_id: int = 31337) -> None:
+        if isinstance(chain_id, bool) or not isinstance(chain_id, int) or chain_id < 1:
+            raise ValueError(f"chain_id must be a positive integer, not {chain_id!r}")
+        self._chain_id = chain_id
+        self._contracts: dict[str, tuple[bytes, frozenset[bytes]]] = {}
+        self._puts = 0
+        self._lock = threading.Lock()
+
+    @property
+    def chain_id(self) -> int:
+        """The chain id ``eth_chainId`` reports."""
+        return self._chain_id
+
+    def next_contract_address(self) -> str:
+        """The address :meth:`put_contract` gives the next contract placed without an
+        address (``0x`` + 40 hex, lower case; derived from a counter, like a deployer's
+        nonce)."""
+        with self._lock:
+            return self._next_address_locked()
+
+    def put_contract(
+        self,
+        k256_pubkey: bytes,
+        registered_apps: Iterable[bytes] = (),
+        *,
+        ca_pubkey: bytes = b"",
+        address: str | None = None,
+    ) -> str:
+        """Put a DstackKms at ``address`` (replacing any there); return its address.
+
+        Args:
+            k256_pubkey: ``kmsInfo().k256Pubkey``: the KMS root key (SEC1 bytes,
+                stored as given).
+            registered_apps: 20-byte app ids whose ``registeredApps`` is true.
+            ca_pubkey: ``kmsInfo().caPubkey``.
+            address: Where (``0x`` + 40 hex); default :meth:`next_contract_address`.
+
+        Returns:
+            The address, ``0x`` + 40 hex, lower case.
+
+        Raises:
+            ValueError: ``address`` is not an address, or an app id is not 20 bytes.
+        """
+        apps = frozenset(_app_address(app) for app in registered_apps)
+        blob = _abi_bytes(bytes(k256_pubkey), bytes(ca_pubkey), b"", b"")
+        where = _address(address, "address") if address is not None else None
+        with self._lock:
+            if where is None:
+                where = self._next_address_locked()
+            self._contracts[where] = (blob, apps)
+            self._puts += 1
+        return where
+
+    def _next_address_locked(self) -> str:
+        from ..crypto import keccak256
+
+        return "0x" + keccak256(b"phala-kms DstackKmsStandIn %d" % self._puts)[12:].hex()
+
+    def call(self, to: str, data: str) -> str:
+        """Answer a read-only call as the contract at ``to`` would; ``0x`` hex.
+
+        Raises:
+            ExecutionReverted: An unknown selector, or ``registeredApps`` with an
+                argument that is missing or not an address.
+            ValueError: ``to`` or ``data`` is malformed.
+        """
+        from .._evm import KMS_INFO_SELECTOR, REGISTERED_APPS_SELECTOR
+
+        target = _address(to, "to")
+        if not isinstance(data, str) or not _CALLDATA_RE.fullmatch(data):
+            raise ValueError(f"data must be 0x and an even number of hex digits, not {data!r:.60}")
+        calldata = bytes.fromhex(data[2:])
+        with self._lock:
+            contract = self._contracts.get(target)
+        if contract is None:
+            return "0x"  # no code at that address: the call returns nothing
+        blob, apps = contract
+        selector = calldata[:4]
+        if selector == KMS_INFO_SELECTOR:
+            return "0x" + blob.hex()
+        if selector == REGISTERED_APPS_SELECTOR:
+            word = calldata[4 : 4 + _WORD]
+            if len(word) < _WORD or any(word[:12]):
+                raise ExecutionReverted("registeredApps: the argument is not an ABI address")
+            return "0x" + (word[12:] in apps).to_bytes(_WORD, "big").hex()
+        raise ExecutionReverted(f"no function with selector 0x{selector.hex()}")
+
+    def block_number(self) -> int:
+        """The latest block's number: one block per contract put."""
+        with self._lock:
+            return self._puts
 
 
 def _reply(
@@ -197,14 +385,16 @@ def _reply(
 
 
 class FakeChainRPC:
-    """JSON-RPC 2.0 over HTTP for an :class:`EthTesterEVM`, on a loopback port.
+    """JSON-RPC 2.0 over HTTP for a chain, on a loopback port.
 
     Attributes:
-        evm: The chain it serves.
+        evm: The chain it serves: an :class:`EthTesterEVM`, a
+            :class:`DstackKmsStandIn`, or anything else with the
+            :class:`ChainBackend` interface.
         methods: Every method called, in order.
     """
 
-    def __init__(self, evm: EthTesterEVM, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, evm: ChainBackend, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.evm = evm
         self.methods: list[str] = []
         self._host = host
@@ -242,6 +432,8 @@ class FakeChainRPC:
                 return _reply(rid, self.evm.call(str(tx.get("to")), str(tx.get("data", "0x"))))
             except ExecutionReverted:
                 return _reply(rid, error={"code": 3, "message": "execution reverted"})
+            except ValueError as err:
+                return _reply(rid, error={"code": -32602, "message": f"invalid params: {err}"})
         return _reply(rid, error={"code": -32601, "message": f"method not found: {method}"})
 
     async def start(self) -> None:
@@ -277,7 +469,7 @@ class FakeChainRPC:
         await self.close()
 
     @classmethod
-    def in_thread(cls, evm: EthTesterEVM, **kwargs: Any) -> ThreadedFakeChainRPC:
+    def in_thread(cls, evm: ChainBackend, **kwargs: Any) -> ThreadedFakeChainRPC:
         """Run it on its own loop in a background thread: ``with ... as rpc:``."""
         return ThreadedFakeChainRPC(cls(evm, **kwargs), thread_name="phala-kms-fake-chain")
 

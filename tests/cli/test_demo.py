@@ -25,7 +25,7 @@ STEP_TITLES = [
     "Round trip: decrypt one with the app's private key",
     "Show a typed error",
     "Survive an injected 503 with one retry",
-    "Deploy a DstackKms stand-in on an in-process EVM",
+    "Deploy a DstackKms stand-in on an in-process chain",
     "Read the KMS root key from the chain",
     "Cross-check the root key: chain, API and nodes agree",
     "Verify the app key (signature_v1), encrypt, decrypt with the app's key",
@@ -56,7 +56,7 @@ def test_demo_against_the_embedded_fake() -> None:
     assert "retrying GET" in out
     assert "(retry 1 of 2) after ServerError 503" in out
     # the chain of trust, end to end
-    assert "eth-tester + py-evm chain" in out
+    assert "eth-tester + py-evm (a real EVM running the bytecode): chain " in out
     assert "eth_chainId = " in out
     assert "eth_call kmsInfo()" in out
     assert "3 sources agree on" in out
@@ -139,12 +139,36 @@ def test_a_typed_error_sets_the_exit_code(monkeypatch: pytest.MonkeyPatch) -> No
     assert "13 of 14 steps ok (1 failed, 0 skipped)" in result.stdout
 
 
-def test_without_the_chain_packages_the_chain_steps_are_skipped_saying_why(
+def test_without_an_evm_the_chain_steps_run_on_the_pure_python_stand_in(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """``pip install -e '.[cli]'`` brings neither the EVM nor eth-abi: the demo still
-    exits 0, with every other step ok and the chain steps skipped, naming what to install."""
+    """``pip install -e '.[cli]'`` brings eth-abi but no EVM (eth-tester, py-evm): the
+    chain of trust then runs on the pure-Python DstackKms stand-in, every step ok, and
+    step 11 says which chain it used."""
     monkeypatch.setitem(sys.modules, "eth_tester", None)
+    result = demo("--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert report["counts"] == {"ok": 14, "failed": 0, "skipped": 0}
+    steps = {step["number"]: step for step in report["steps"]}
+    where = steps[11]["details"][0]
+    assert where.startswith("DstackKmsStandIn (pure Python, no EVM")
+    assert "eth-tester not installed" in where
+    assert "pip install -e '.[cli,test]'" in where
+    assert "eth-tester + py-evm" not in result.stderr
+    assert "eth_call kmsInfo()" in " ".join(steps[12]["details"])
+    assert "3 sources agree on" in " ".join(steps[13]["details"])
+    assert "every value matches" in " ".join(steps[14]["details"])
+    assert "51 unique nodes" in " ".join(steps[1]["details"])
+
+
+def test_without_eth_abi_the_chain_steps_are_skipped_saying_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """eth-abi (part of ``[cli]``) missing: the demo still exits 0, every other step ok,
+    the chain steps skipped, saying to reinstall with the [cli] extra."""
+    monkeypatch.setitem(sys.modules, "eth_abi", None)
     result = demo("--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -153,8 +177,8 @@ def test_without_the_chain_packages_the_chain_steps_are_skipped_saying_why(
     for step in report["steps"]:
         assert step["status"] == ("skipped" if step["number"] in CHAIN_STEPS else "ok"), step
     why = report["steps"][10]["details"][0]
-    assert "needs eth-tester" in why
-    assert "pip install -e '.[cli,test]'" in why
+    assert "eth-abi, which is not installed" in why
+    assert "pip install -e '.[cli]'" in why
     assert "50 unique nodes" in " ".join(report["steps"][0]["details"])
 
 

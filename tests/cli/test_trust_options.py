@@ -230,7 +230,8 @@ def test_the_chain_anchor_without_its_extra_exits_2(
     assert result.exit_code == ExitCode.USAGE
     error = json.loads(result.stdout)["error"]
     assert error["type"] == "ConfigurationError"
-    assert "pip install 'phala-kms[chain]'" in error["hint"]
+    assert "reinstall with pip install 'phala-kms[cli]'" in error["hint"]
+    assert "pip install -e '.[cli]'" in error["hint"]
     assert server.total_requests == 0
 
 
