@@ -6,6 +6,7 @@
   tests/typing: typical user code type-checked against the public API).
 * stress: the bounded load test (not part of the default run).
 * bench: the benchmarks against bare aiohttp and the official `phala-cloud` SDK.
+* pressure: rate limits, outages, a full pool, streaming (benchmarks/pressure.py).
 """
 
 from __future__ import annotations
@@ -115,14 +116,26 @@ def stress(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks: phala-kms vs bare aiohttp vs the official phala-cloud SDK (~4 min).
+    """Benchmarks: phala-kms vs bare aiohttp, requests and the official phala-cloud SDK (~5 min).
 
-    Arguments after ``--`` go to benchmarks/run.py (``--rounds``, ``--quick``, ``--json``).
+    Arguments after ``--`` go to benchmarks/run.py (``--quick``, ``--rounds``, ``--only``,
+    ``--json``).
     """
-    session.install("-e", ".[cli,test]")
+    session.install("-e", ".[cli,test,bench]")
     # phala-cloud pins pysha3, which does not build on Python 3.11+: install it without
     # its dependencies. The ones it really uses (dstack-sdk, httpx, pydantic) come with
     # the test extra; name httpx and pydantic anyway in case that extra changes.
     session.install("--no-deps", "phala-cloud")
     session.install("httpx", "pydantic")
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session
+def pressure(session: nox.Session) -> None:
+    """Pressure scenarios against the fake: rate limit, outage, blip, pool, streaming (~2 min).
+
+    Arguments after ``--`` go to benchmarks/pressure.py (``--quick`` for a smoke run,
+    ``--only NAME[,NAME]``, ``--repeat N``, ``--json PATH``).
+    """
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/pressure.py", *session.posargs)

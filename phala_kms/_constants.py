@@ -70,8 +70,8 @@ DEFAULT_TIMEOUT: Final = 60.0
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 """Seconds opening one TCP (and TLS) connection may take."""
 
-DEFAULT_MAX_RETRIES: Final = 3
-"""Retries after the first attempt for safe failures."""
+DEFAULT_MAX_RETRIES: Final = 5
+"""Retries after the first attempt for safe failures (see ``RetryPolicy.max_retries``)."""
 
 DEFAULT_RETRY_BUDGET: Final = 500.0
 """Tokens in a client's retry budget (see ``RetryPolicy.retry_budget``)."""

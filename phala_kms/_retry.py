@@ -41,6 +41,7 @@ __all__ = [
     "budget_after_retry",
     "budget_after_success",
     "is_retryable",
+    "is_throttle",
     "retry_delay",
 ]
 
@@ -69,6 +70,15 @@ def is_retryable(error: PhalaKMSError) -> bool:
     if isinstance(error, (DNSError, TLSError, PoolTimeoutError)):
         return False
     return isinstance(error, (ConnectError, ConnectionLostError, APITimeoutError))
+
+
+def is_throttle(status: int, retry_after: float | None) -> bool:
+    """Whether a response says the client sends too fast: a 429, or a 503 with ``Retry-After``.
+
+    A 503 without ``Retry-After`` is an outage or a blip, which the retry budget handles;
+    a throttle also slows the whole client down (see :mod:`._throttle`).
+    """
+    return status == 429 or (status == 503 and retry_after is not None)
 
 
 def backoff(retry_number: int, policy: RetryPolicy, *, rand: float) -> float:

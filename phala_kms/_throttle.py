@@ -13,27 +13,34 @@ for one call:
   the client (a 429, or a 503 with ``Retry-After``). Then requests are paced by a token
   bucket whose fill rate follows what the server accepts:
 
-  - At the first throttle, what got through in the second before it (``n`` requests
-    in ``t`` seconds) tells the size of the server's burst, ``n - r * t`` for a server
-    rate ``r`` not yet known. The rate starts at ``n`` per second and doubles every
-    :data:`PROBE_DOUBLING` seconds (a slow start) until the server throttles again.
+  - At the first throttle, what got through before it (``n`` requests in ``t``
+    seconds) tells the size of the server's burst, ``n - r * t`` for a server rate
+    ``r`` not yet known. ``t`` is the shorter of two spans, of the send times and of
+    the answer times: set-up of new connections skews the first, the client's own
+    queue the second. The slow start (the probe) begins once the gate opens, with
+    :data:`RESUME_BURST` of ``n`` at once (the server's bucket refilled during the
+    gate), then at ``n`` per :data:`PROBE_START` seconds, doubling every
+    :data:`PROBE_DOUBLING` seconds, until the server throttles again.
   - At every later throttle, the server's rate is estimated by fitting a token bucket
     of that burst to the send times since the gate last opened: the fill rate that
-    refuses exactly the request that was refused (:func:`fit_server_rate`; a refusal
-    of an earlier request that arrives later refines it). The fill rate drops to
-    :data:`FIT_MARGIN` of that estimate (of 95 % of it after the slow start, whose
-    fast ramp makes the fit rougher) or, when no estimate fits, to :data:`BETA`
-    (0.7) times the send rate; then it climbs back along a cubic curve (as in CUBIC
-    and the AWS SDKs): fast at first, flat around the estimate, then probing above
-    it, so a server that accepts more is found again. How slowly it climbs scales
-    with the stall the throttle caused (:data:`RECOVERY`). A throttle of a request
-    sent before the last decrease does not decrease again.
+    refuses exactly the request that was refused
+    (:func:`._bucket_fit.fit_server_rate`; a refusal of an earlier request that
+    arrives later refines it). The fill rate drops to :data:`FIT_MARGIN` of that
+    estimate (of :data:`PROBE_FIT_MARGIN` of it, twice, after the probe, whose fast
+    ramp makes the fit rougher) or, when no estimate fits, to :data:`BETA` (0.7)
+    times the send rate; then it climbs back along a cubic curve (as in CUBIC and
+    the AWS SDKs): fast at first, flat around the estimate, then probing above it,
+    so a server that accepts more is found again. How slowly it climbs scales with
+    the stall the throttle caused (:data:`RECOVERY`). A throttle of a request sent
+    before the last decrease does not decrease again. When the gate opens,
+    :data:`RESUME_BURST` of the estimated burst goes at once.
   - Once the rate is twice what the client actually sends and no throttle came for
     :data:`OFF_AFTER` seconds, pacing turns off.
 
   Two throttles are the least any client that starts without knowing the server's
   rate must take to learn it (the first tells that there is a limit, the second
-  where it is), so against ``Retry-After: 1`` the first seconds cost two 1 s stalls.
+  where it is), so against ``Retry-After: 1`` the first seconds cost two 1 s stalls
+  (see the pressure section of ``benchmarks/README.md`` for what that costs).
 
 * **A fixed cap** (``max_requests_per_second=``), for users who know their quota:
   an :class:`aiolimiter.AsyncLimiter` (a leaky bucket, at most
@@ -54,11 +61,13 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 import attrs
 
+from ._bucket_fit import fit_server_rate
+from ._retry import is_throttle
 from .errors import PoolTimeoutError
 
 if TYPE_CHECKING:
@@ -70,12 +79,13 @@ __all__ = [
     "MIN_RATE",
     "OFF_AFTER",
     "PROBE_DOUBLING",
+    "PROBE_FIT_MARGIN",
+    "PROBE_START",
     "RECOVERY",
+    "RESUME_BURST",
     "AdaptiveRate",
     "RetryAfterGate",
     "Throttle",
-    "fit_server_rate",
-    "is_throttle",
 ]
 
 logger = logging.getLogger("phala_kms")
@@ -89,8 +99,22 @@ BETA = 0.7
 FIT_MARGIN = 0.95
 """On a throttle with a fitted estimate, the fill rate drops to this share of the estimate."""
 
-PROBE_DOUBLING = 0.1
+PROBE_FIT_MARGIN = 0.98
+"""On the throttle that ends the probe, the estimate is taken at this share and the fill
+rate drops to this share of that (0.96 of the fit in all). The probe's ramp drains the
+server's burst in a fraction of a second, so its fit is rougher than a paced one (it
+erred by up to 2 % in the pressure benchmark); :data:`FIT_MARGIN` twice would leave
+some 10 % of the server's rate unused while the rate climbs back."""
+
+PROBE_DOUBLING = 0.15
 """While probing after the first throttle, the rate doubles every this many seconds."""
+
+PROBE_START = 0.25
+"""The probe starts at what got through before the first throttle per this many seconds."""
+
+RESUME_BURST = 0.5
+"""When a gate opens, this share of the server's estimated burst (what its bucket refilled
+during the gate) goes at once, at most the (starting) rate times the gate's length."""
 
 RECOVERY = 10.0
 """How slowly the rate climbs after a throttle, in multiples of the stall the throttle
@@ -115,14 +139,6 @@ FIT_WINDOW = 512
 """The fit looks at most at this many of the latest sends."""
 
 
-def is_throttle(status: int, retry_after: float | None) -> bool:
-    """Whether a response says the client sends too fast: a 429, or a 503 with ``Retry-After``.
-
-    A 503 without ``Retry-After`` is an outage or a blip, which the retry budget handles.
-    """
-    return status == 429 or (status == 503 and retry_after is not None)
-
-
 @attrs.define
 class RetryAfterGate:
     """The moment before which no new request of the client is sent.
@@ -141,81 +157,6 @@ class RetryAfterGate:
     def wait(self, now: float) -> float:
         """Seconds from ``now`` until the gate opens (0.0 when open)."""
         return max(0.0, self.until - now)
-
-
-def _first_refused(
-    sends: Sequence[float], start: float, burst: float, rate: float, slope: float = 0.0
-) -> int:
-    """The index of the first send a token bucket (``burst - slope * rate`` tokens, at
-    least 1, full at ``start``, refilled at ``rate`` per second) refuses; ``len(sends)``
-    when none is."""
-    burst = max(1.0, burst - slope * rate)
-    level = burst
-    last = start
-    for index, sent in enumerate(sends):
-        if sent > last:
-            level = min(burst, level + rate * (sent - last))
-            last = sent
-        if level < 1.0:
-            return index
-        level -= 1.0
-    return len(sends)
-
-
-def fit_server_rate(
-    sends: Sequence[float], refused: int, *, start: float, burst: float, slope: float = 0.0
-) -> float | None:
-    """Estimate a server's rate limit from which request it refused.
-
-    The server is taken to be a token bucket, full at ``start``, refilled at an
-    unknown rate ``r``, holding ``burst - slope * r`` tokens (at least 1);
-    ``sends[refused]`` is the first request it refused, every earlier one went
-    through. The answer is the middle of the range of rates that refuse exactly that
-    request.
-
-    The size may depend on the rate because it is measured as what got through before
-    the client's first throttle, ``n`` requests in ``t`` seconds: a bucket of ``b``
-    tokens refilled at ``r`` lets ``b + r * t`` through, so ``b = n - r * t``
-    (``burst=n, slope=t``).
-
-    Args:
-        sends: Send times in seconds, oldest first.
-        refused: The index in ``sends`` of the first refused request.
-        start: When the bucket was full (the gate last opened).
-        burst: The bucket's size in requests (at ``r = 0``).
-        slope: How much smaller the bucket is per request per second of ``r``.
-
-    Returns:
-        The rate in requests per second, or ``None`` when no token bucket of that size
-        explains what happened (the bucket was not full at ``start``, or nothing was
-        refused).
-    """
-    if not 0 <= refused < len(sends) or burst < 1.0:
-        return None
-    sends = sends[: refused + 1]
-    span = sends[-1] - start
-    if span <= 0 or _first_refused(sends, start, burst, 0.0, slope) > refused:
-        return None  # even with no refill the bucket outlasts the refused request
-    high = max(1.0, (refused + 1) / span) * 4.0
-    while _first_refused(sends, start, burst, high, slope) <= refused:
-        high *= 4.0
-        if high > 1e9:
-            return None
-
-    def boundary(refuses_by: Callable[[int], bool]) -> float:
-        # the smallest rate at which refuses_by(first refused index) turns False
-        lo, hi = 0.0, high
-        for _ in range(30):
-            mid = (lo + hi) / 2
-            if refuses_by(_first_refused(sends, start, burst, mid, slope)):
-                lo = mid
-            else:
-                hi = mid
-        return hi
-
-    lowest = boundary(lambda first: first < refused)  # everything before went through
-    highest = boundary(lambda first: first <= refused)  # and the refused one was refused
-    return (lowest + highest) / 2
 
 
 Mode = Literal["off", "probe", "cubic"]
@@ -250,7 +191,8 @@ class AdaptiveRate:
     _sends: list[float] = attrs.field(factory=list)  # send times since _episode
     # the last fit's sends, episode start, refused send time and rate, for _refine
     _last_fit: tuple[list[float], float, float, float] | None = None
-    _oks: list[float] = attrs.field(factory=list)  # send times of successes before throttling
+    # (send, answer) times of successes before the first throttle
+    _oks: list[tuple[float, float]] = attrs.field(factory=list)
     _through: float = 0.0  # requests that got through before the first throttle...
     _through_span: float = 0.0  # ... in this many seconds
     _through_window: tuple[float, float] = (0.0, 0.0)  # ... sent in [start, end)
@@ -264,7 +206,7 @@ class AdaptiveRate:
             return None
         elapsed = max(0.0, now - self._episode)
         if self.mode == "probe":
-            start = max(self._through, MIN_RATE)  # one first burst per second
+            start = max(self._through / PROBE_START, MIN_RATE)
             value: float = start * 2.0 ** min(elapsed / PROBE_DOUBLING, 60.0)
         else:
             value = self._w_max + self._c * (elapsed - self._k) ** 3
@@ -296,7 +238,9 @@ class AdaptiveRate:
             return self._episode - now  # the gate after the decrease
         if now > self._filled_at:
             capacity = max(1.0, rate * BURST_SECONDS)
-            self._tokens = min(capacity, self._tokens + (now - self._filled_at) * rate)
+            # a resume burst above the capacity is spent before the bucket refills
+            refilled = min(capacity, self._tokens + (now - self._filled_at) * rate)
+            self._tokens = max(self._tokens, refilled)
             self._filled_at = now
         if self._tokens >= 1.0:
             return 0.0
@@ -317,8 +261,8 @@ class AdaptiveRate:
         if len(sends) > 4 * FIT_WINDOW:
             del sends[: len(sends) - FIT_WINDOW]
 
-    def on_success(self, sent_at: float) -> None:
-        """A request sent at ``sent_at`` succeeded.
+    def on_success(self, sent_at: float, now: float | None = None) -> None:
+        """A request sent at ``sent_at`` succeeded (answered at ``now``; default ``sent_at``).
 
         Until the first throttle is an episode old, a success of a request sent before
         it counts toward what got through before it (its answer may arrive after the
@@ -326,7 +270,7 @@ class AdaptiveRate:
         """
         if self.throttles == 0:
             oks = self._oks
-            oks.append(sent_at)
+            oks.append((sent_at, sent_at if now is None else now))
             if len(oks) > 4 * FIT_WINDOW:
                 del oks[: len(oks) - FIT_WINDOW]
         elif self.throttles == 1 and self._through_window[0] <= sent_at <= self._through_window[1]:
@@ -352,15 +296,14 @@ class AdaptiveRate:
         refused = bisect.bisect_left(sends, sent_at)
         current = self.rate(now)
         fitted = None if self.throttles == 0 else self._fit(sends, self._episode, refused)
+        margin = PROBE_FIT_MARGIN if self.mode == "probe" else FIT_MARGIN
         if fitted is not None and self.mode == "probe":
-            # The slow start's ramp drains a server's burst within a fraction of a
-            # second, so a fit from it is rougher: take FIT_MARGIN off once more.
-            fitted *= FIT_MARGIN
+            fitted *= margin
         if fitted is not None and current is not None:
             fitted = min(fitted, current)
         self._last_fit = None
         if fitted is not None:
-            self._enter_cubic(fitted, FIT_MARGIN * fitted)
+            self._enter_cubic(fitted, margin * fitted)
             self._last_fit = (sends, self._episode, sent_at, fitted)
         elif self.throttles == 0:
             # The first throttle: what got through before it (sent in the second before
@@ -370,11 +313,14 @@ class AdaptiveRate:
             first = bisect.bisect_left(sends, start)
             if first < len(sends):
                 start = sends[first]
-            oks = sorted(self._oks)
-            self._through = float(
-                bisect.bisect_right(oks, sent_at) - bisect.bisect_left(oks, start)
-            )
-            self._through_span = max(0.0, sent_at - start)
+            oks = [ok for ok in self._oks if start <= ok[0] <= sent_at]
+            self._through = float(len(oks))
+            # The server saw them over a span the client can only estimate: its send
+            # times are skewed by connection set-up, its answer times by its own
+            # queue. A span too long makes the burst look smaller and the rate
+            # higher, which costs a throttle: take the shorter of the two.
+            answered = min((ok[1] for ok in oks), default=now)
+            self._through_span = max(0.0, min(sent_at - start, now - answered))
             self._through_window = (start, sent_at)
             self._oks = []
             self.mode = "probe"
@@ -384,7 +330,10 @@ class AdaptiveRate:
         self.throttles += 1
         self._cut_at = now
         self._episode = max(now, resume_at)
-        self._tokens = 1.0  # the first request after the gate goes at once
+        # The server's bucket refills while the gate is closed: spend part of it at once.
+        burst = self._through if self.mode == "probe" else (self.burst or 1.0)
+        start_rate = self.rate(self._episode) or MIN_RATE
+        self._tokens = max(1.0, min(RESUME_BURST * burst, start_rate * (self._episode - now)))
         self._filled_at = self._episode
         self._sends = []
         logger.debug(
@@ -409,25 +358,33 @@ class AdaptiveRate:
         refit = self._fit(sends, episode, bisect.bisect_left(sends, sent_at))
         if refit is None:
             return
+        margin = FIT_MARGIN
         if self.throttles == 2:  # the fit of the slow start: discounted as in on_throttle
-            refit *= FIT_MARGIN
+            margin = PROBE_FIT_MARGIN
+            refit *= margin
         refit = min(refit, fitted)
-        self._enter_cubic(refit, FIT_MARGIN * refit)
+        self._enter_cubic(refit, margin * refit)
         self._last_fit = (sends, episode, sent_at, refit)
 
     def _fit(self, sends: list[float], episode: float, refused: int) -> float | None:
         first = max(0, refused - FIT_WINDOW)
         start = episode if first == 0 else sends[first - 1]
+        span = self._through_span
         fitted = fit_server_rate(
             sends[first : refused + 1],
             refused - first,
             start=start,
             burst=max(1.0, self._through),
-            slope=self._through_span,
+            slope=span,
         )
+        if fitted is None and span > 0:  # no bucket that small explains it: the largest
+            span = 0.0
+            fitted = fit_server_rate(
+                sends[first : refused + 1], refused - first, start=start, burst=self._through
+            )
         if fitted is not None:
             self.estimate = max(fitted, MIN_RATE)
-            self.burst = max(1.0, self._through - self._through_span * self.estimate)
+            self.burst = max(1.0, self._through - span * self.estimate)
             return self.estimate
         return None
 
@@ -548,15 +505,15 @@ class Throttle:
         self._waiters = kept
 
     def on_success(self, sent_at: float) -> None:
-        """Take in a success for a request sent at ``sent_at``."""
-        self.adaptive.on_success(sent_at)
+        """Take in a success for a request sent at ``sent_at``, answered now."""
+        self.adaptive.on_success(sent_at, self.clock())
 
     def on_refused(
         self, sent_at: float, status: int, retry_after: float | None, max_retry_after: float
     ) -> None:
         """Take in an error status for a request sent at ``sent_at``.
 
-        A throttle (:func:`is_throttle`) lowers the adaptive rate; its ``Retry-After``,
+        A throttle (:func:`._retry.is_throttle`) lowers the adaptive rate; its ``Retry-After``,
         when no longer than ``max_retry_after``, closes the gate until then.
         """
         if not is_throttle(status, retry_after):

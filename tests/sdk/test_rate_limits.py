@@ -1,7 +1,7 @@
 """Rate-limit awareness, client-wide: the ``Retry-After`` gate, adaptive pacing, a fixed cap.
 
-* The pure parts of :mod:`phala_kms._throttle` as tables: the gate, what counts as a
-  throttle, the token-bucket fit, the adaptive rate's modes.
+* The pure parts of :mod:`phala_kms._throttle` (and the helpers it uses) as tables: the
+  gate, what counts as a throttle, the token-bucket fit, the adaptive rate's modes.
 * On both clients against the fake: a 429 holds back the client's *other* requests
   until its ``Retry-After``; a ``Retry-After`` beyond ``max_retry_after`` does not;
   ``instant_retries`` skips the gate; a fan-out against a token-bucket rate limit
@@ -25,13 +25,15 @@ from phala_kms import (
     RateLimitError,
     RetryPolicy,
 )
+from phala_kms._bucket_fit import fit_server_rate
+from phala_kms._retry import is_throttle
 from phala_kms._throttle import (
     MIN_RATE,
+    PROBE_DOUBLING,
+    PROBE_START,
     AdaptiveRate,
     RetryAfterGate,
     Throttle,
-    fit_server_rate,
-    is_throttle,
 )
 from phala_kms.testing import FakeKMSServer, RateLimit, StatusFault, instant_retries
 from tests.helpers import MakeClient
@@ -106,6 +108,16 @@ def test_the_fit_takes_the_burst_as_measured_with_its_refill() -> None:
     assert fitted == pytest.approx(300.0, rel=0.05)
 
 
+def test_the_fit_with_a_measured_burst_explains_a_burst_then_a_ramp() -> None:
+    # After a gate: 15 at once, then faster and faster. At high rates the measured
+    # burst (40 - 0.05 r) is too small for those 15, so the fit must not look there.
+    ramp = [0.15 * math.log2(1 + i * math.log(2) / 18) for i in range(1, 400)]  # 120/s, x2
+    sends = [0.0] * 15 + ramp
+    refused = bucket_refusal(sends, 300.0, 25.0)
+    fitted = fit_server_rate(sends, refused, start=0.0, burst=40.0, slope=0.05)
+    assert fitted == pytest.approx(300.0, rel=0.05)
+
+
 @pytest.mark.parametrize(
     ("sends", "refused", "burst"),
     [
@@ -140,12 +152,14 @@ def test_the_first_throttle_starts_a_slow_start_from_what_got_through() -> None:
     rate.take(0.0)  # the 31st is refused
     assert rate.on_throttle(0.01, 0.0, resume_at=1.01)
     assert rate.mode == "probe"
-    assert rate.rate(1.01) == pytest.approx(30.0)  # one burst per second
-    assert rate.rate(1.21) == pytest.approx(120.0)  # doubling every 0.1 s
+    assert rate.rate(1.01) == pytest.approx(30.0 / PROBE_START)  # one burst per PROBE_START
+    assert rate.rate(1.01 + 2 * PROBE_DOUBLING) == pytest.approx(4 * 30.0 / PROBE_START)
     assert rate.ready_in(0.5) == pytest.approx(1.01 - 0.5)  # nothing before the episode
-    assert rate.ready_in(1.01) == 0.0  # then one request at once
-    rate.take(1.01)
-    assert 0.0 < rate.ready_in(1.01) <= 0.1  # the next waits, looked at again within 0.1 s
+    for _ in range(15):  # then half the burst the server refilled during the gate at once
+        assert rate.ready_in(1.01) == 0.0
+        rate.take(1.01)
+    # the next waits, looked at again within a doubling
+    assert 0.0 < rate.ready_in(1.01) <= PROBE_DOUBLING
 
 
 def test_a_throttle_of_a_request_sent_before_the_decrease_does_not_decrease_again() -> None:
@@ -184,6 +198,40 @@ def test_a_later_throttle_fits_the_servers_rate_and_paces_below_it() -> None:
     assert paced is not None and paced < server_rate  # below the server's rate ...
     later = rate.rate(now + 60.0)
     assert later is not None and later > paced  # ... then climbing back
+
+
+def follow_the_probe(rate: AdaptiveRate, start: float, server_rate: float, burst: float) -> float:
+    """Send as the probe allows against a token bucket, full at ``start``, until it
+    refuses; returns when the refused request was sent."""
+    now, level, last = start, burst, start
+    while True:
+        now += rate.ready_in(now) or 1e-4
+        if rate.ready_in(now) > 0:
+            continue
+        level = min(burst, level + server_rate * (now - last))
+        last = now
+        rate.take(now)
+        if level < 1:
+            return now
+        level -= 1
+        rate.on_success(now, now + 0.001)
+
+
+def test_a_first_burst_skewed_by_connection_set_up_does_not_inflate_the_estimate() -> None:
+    # The client took 30 ms to send its first 31 requests (connections opening), but
+    # they reached the server at once: 30 went through, answered within 2 ms. Fitting
+    # the 30 ms as refill time would take the burst for 21 and the rate for far more.
+    rate = AdaptiveRate()
+    for i in range(30):
+        rate.take(i / 1000)
+    for i in range(30):
+        rate.on_success(i / 1000, 0.031 + i / 30_000)
+    rate.take(0.030)
+    assert rate.on_throttle(0.032, 0.030, resume_at=1.032)
+    refused_at = follow_the_probe(rate, 1.032, 300.0, 30.0)
+    assert rate.on_throttle(refused_at + 0.001, refused_at, resume_at=refused_at + 1.0)
+    assert rate.estimate == pytest.approx(300.0, rel=0.03)
+    assert rate.burst == pytest.approx(30.0, abs=2)
 
 
 def test_without_a_fit_the_rate_drops_to_beta_times_the_send_rate() -> None:

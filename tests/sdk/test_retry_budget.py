@@ -226,3 +226,22 @@ def test_the_budget_is_shared_by_the_clients_calls(server: FakeKMSServer) -> Non
             with pytest.raises(ServerError):
                 client.get_kms_info("phala")
     assert server.total_requests == 4 + 1 + 1  # 3 retries paid, then none
+
+
+@pytest.mark.parametrize("failures", [5, 6])
+def test_the_default_policy_outlasts_five_failures_in_a_row(
+    make_client: MakeClient, server: FakeKMSServer, failures: int
+) -> None:
+    # A batch at a 10 % blip loses an id only when every attempt fails (0.1 ** attempts):
+    # the default allows 6 attempts, the documented backoffs 15.5 s at most in all.
+    from phala_kms.testing import StatusFault
+
+    server.inject("app_pubkey", StatusFault(503), times=failures)
+    kms = make_client()
+    [result] = kms.get_app_env_encrypt_pubkeys("phala", IDS[:1], return_exceptions=True)
+    assert server.total_requests == 6
+    if failures == 5:
+        assert not isinstance(result, PhalaKMSError)
+    else:
+        assert isinstance(result, ServerError) and result.attempts == 6
+    assert len(kms.waits) == 5 and sum(kms.waits) <= 15.5

@@ -70,7 +70,7 @@ CONFIG_ERRORS: dict[str, dict[str, Any]] = {
     "non_ascii_key": {"base_url": BASE},
     "bad_timeout": {"base_url": BASE, "timeout": -1},
     "bad_connect_timeout": {"base_url": BASE, "connect_timeout": 0},
-    "retries_twice": {"base_url": BASE, "max_retries": 5, "retry_policy": RetryPolicy()},
+    "retries_twice": {"base_url": BASE, "max_retries": 7, "retry_policy": RetryPolicy()},
     "bad_max_connections": {"base_url": BASE, "max_connections": 0},
     "bad_max_response_bytes": {"base_url": BASE, "max_response_bytes": 0},
     "bad_api_version": {"base_url": BASE, "api_version": "2026-06-23\x07"},

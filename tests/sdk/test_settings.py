@@ -101,7 +101,7 @@ def test_plain_http_is_allowed_to_loopback(base_url: str) -> None:
         {"connect_timeout": float("inf")},
         {"max_connections": 0},
         {"api_version": ""},
-        {"max_retries": 5, "retry_policy": RetryPolicy(max_retries=2)},
+        {"max_retries": 7, "retry_policy": RetryPolicy(max_retries=2)},
     ],
 )
 def test_bad_settings(kwargs: dict[str, Any]) -> None:
