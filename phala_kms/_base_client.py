@@ -96,6 +96,7 @@ class BaseKMSClient:
         self._pool_limit = self._transport.pool_limit
         self._retrier = Retrier(self._config.retry)
         self._throttle = Throttle(max_requests_per_second=self._config.max_requests_per_second)
+        self._kms_segments: dict[str, str] = {}  # kms argument -> checked path segment
 
     @property
     def config(self) -> ClientConfig:

@@ -20,9 +20,15 @@ from .models import (
 
 __all__ = ["KMSEndpoints"]
 
+_KMS_SEGMENTS_KEPT = 64
+"""How many checked ``kms`` arguments a client remembers (a caller names a few KMS)."""
+
 
 class KMSEndpoints(BaseKMSClient):
     """One coroutine per endpoint of ``/api/v1/kms``; see :class:`~phala_kms.AsyncKMSClient`."""
+
+    _kms_segments: dict[str, str]
+    """``kms`` arguments already checked, and their path segments (set by the base client)."""
 
     # ------------------------------------------------------------------ node-centric
 
@@ -162,7 +168,11 @@ class KMSEndpoints(BaseKMSClient):
             ConfigurationError, ClientStateError, TransportError, APIStatusError,
             RedirectError, ResponseValidationError: as in :meth:`get_kms_list`.
         """
-        segment = kms_segment(kms, "kms")
+        segment = self._kms_segments.get(kms) if type(kms) is str else None
+        if segment is None:
+            segment = kms_segment(kms, "kms")
+            if len(self._kms_segments) < _KMS_SEGMENTS_KEPT:
+                self._kms_segments[kms] = segment
         app = app_id_hex(app_id)
         return await self._get(
             f"/kms/{segment}/pubkey/{app}", AppEnvEncryptPubKey, version=self._version(api_version)

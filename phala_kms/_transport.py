@@ -1,11 +1,11 @@
 """The one place that talks HTTP: an aiohttp session, ``send()`` and exception mapping.
 
-Only this module imports aiohttp. It owns (or borrows) a ``ClientSession``, sends
-one GET with the API key and version headers, never follows redirects, reads the
-body up to ``max_response_bytes`` (reading is where aiohttp's streaming lives), and
-turns every aiohttp failure into a :mod:`phala_kms.errors` exception. It hands back
-the raw ``(status, headers, body)``: decoding is :mod:`phala_kms._responses`',
-retrying :mod:`phala_kms._retry`'s.
+Only this module and :mod:`phala_kms._pool` (its connection pool) import aiohttp. It
+owns (or borrows) a ``ClientSession``, sends one GET with the API key and version
+headers, never follows redirects, reads the body up to ``max_response_bytes``
+(reading is where aiohttp's streaming lives), and turns every aiohttp failure into
+a :mod:`phala_kms.errors` exception. It hands back the raw ``(status, headers,
+body)``: decoding is :mod:`phala_kms._responses`', retrying :mod:`phala_kms._retry`'s.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from yarl import URL
 
 from ._config import ClientConfig
 from ._constants import HEADER_API_KEY, HEADER_REQUEST_ID, HEADER_VERSION, MAX_ERROR_BODY_BYTES
-from ._pool import PoolSlots
+from ._pool import PoolSlots, close_connector_now, make_connector, pool_limit
 from ._secrets import RedactedStr
 from .errors import (
     APITimeoutError,
@@ -82,79 +82,6 @@ _RedactedStr = RedactedStr
 redacted, so it stays out of locals-capturing tracebacks and aiohttp's request_info."""
 
 
-def _close_transport_without_loop(transport: Any) -> None:
-    """Close a transport whose event loop is already closed (``transport.close()`` would
-    need that loop). asyncio keeps no public way to do it, so the private parts are
-    looked up and anything missing falls back to ``abort()``."""
-    inner = transport
-    ssl_protocol = getattr(transport, "_ssl_protocol", None)
-    if ssl_protocol is not None:  # TLS: the socket belongs to the transport underneath
-        with contextlib.suppress(AttributeError):
-            transport._closed = True  # what its __del__ checks before warning
-        inner = getattr(ssl_protocol, "_transport", None) or transport
-    sock = getattr(inner, "_sock", None)
-    connection_lost = getattr(inner, "_call_connection_lost", None)
-    if sock is None or not callable(connection_lost):
-        with contextlib.suppress(Exception):
-            inner.abort()
-        return
-    with contextlib.suppress(AttributeError):
-        inner._closing = True
-    # It closes the socket (in a finally) and tells the protocol, which may fail for
-    # want of the closed loop: the socket is what matters.
-    with contextlib.suppress(Exception):
-        connection_lost(None)
-    if getattr(inner, "_sock", None) is not None:
-        sock.close()
-        inner._sock = None
-
-
-def _close_connector_now(session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) -> bool:
-    """Close an owned session's connector from outside ``loop``, without awaiting.
-
-    With ``loop`` closed, every pooled and in-use socket is closed directly (aiohttp's
-    own close skips them then, leaving the sockets open). With ``loop`` running in
-    another thread, the close is handed to that loop. Otherwise the connector closes
-    at once. Relies on the connector's private synchronous ``_close()``; without it
-    nothing is done (aiohttp's own ``__del__`` then deals with the session).
-
-    Returns:
-        Whether the connector is closed (or its close is scheduled on ``loop``).
-    """
-    connector = session.connector
-    if connector is None or connector.closed:
-        return True
-    close = getattr(connector, "_close", None)
-    if not callable(close):
-        return False
-    try:
-        current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        current = None
-    if not loop.is_closed() and loop.is_running() and loop is not current:
-        try:
-            loop.call_soon_threadsafe(_close_connector_now, session, loop)
-        except RuntimeError:  # closed in the meantime: fall through to the closed path
-            pass
-        else:
-            return True
-    if loop.is_closed():
-        protocols: list[Any] = [
-            protocol
-            for entries in getattr(connector, "_conns", {}).values()
-            for protocol, *_ in entries
-        ]
-        protocols.extend(getattr(connector, "_acquired", ()))
-        transports = [getattr(p, "transport", None) for p in protocols]
-        transports.extend(getattr(connector, "_cleanup_closed_transports", ()))
-        for transport in transports:
-            if transport is not None:
-                _close_transport_without_loop(transport)
-    with contextlib.suppress(Exception):
-        close()  # marks the connector (so the session) closed; closes what it still can
-    return True
-
-
 def _reap_abandoned(
     session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop, what: str
 ) -> None:
@@ -163,7 +90,7 @@ def _reap_abandoned(
     "Unclosed connector" warnings and asyncio error logs never fire). Closes first, so
     a warning filter that turns the warning into an error cannot keep sockets open."""
     try:
-        _close_connector_now(session, loop)
+        close_connector_now(session, loop)
     finally:
         warnings.warn(
             f"unclosed {what}; use `async with` or `await client.aclose()`"
@@ -171,17 +98,6 @@ def _reap_abandoned(
             ResourceWarning,
             stacklevel=2,
         )
-
-
-def _pool_limit(max_connections: int, session: aiohttp.ClientSession | None) -> int:
-    """``max_connections``, lowered to a caller's session's connector limits (0: none)."""
-    limit = max_connections
-    connector = None if session is None else session.connector
-    for name in ("limit", "limit_per_host"):
-        value = getattr(connector, name, 0)
-        if isinstance(value, int) and value > 0:
-            limit = min(limit, value)
-    return limit
 
 
 def _redact_request_info(exc: BaseException) -> None:
@@ -253,7 +169,8 @@ class Transport:
             total=config.timeout, sock_connect=config.connect_timeout
         )
         self._headers_by_version: dict[str, dict[str, str]] = {}
-        self.pool_limit = _pool_limit(config.max_connections, session)
+        self._session_headers: dict[str, str] | None = None  # the owned session's defaults
+        self.pool_limit = pool_limit(config.max_connections, session)
         """How many requests may hold a connection at once: ``max_connections``, or
         less when a caller's session has a smaller connector limit."""
         self._slots = PoolSlots(self.pool_limit)
@@ -308,13 +225,14 @@ class Transport:
                 " it (async with AsyncKMSClient(...) as client:), or use KMSClient from sync code"
             )
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._config.max_connections,
-                ttl_dns_cache=300,
-                ssl=self._config.ssl_context if self._config.ssl_context is not None else True,
-            )
+            config = self._config
+            # The headers of the client's own version are set once, on the session:
+            # a request that sends exactly those passes none (see _send_held).
+            if config.api_key is not None:
+                self._session_headers = self.headers(config.api_version)
             self._session = aiohttp.ClientSession(
-                connector=connector,
+                connector=make_connector(config.max_connections, config.ssl_context),
+                headers=self._session_headers,
                 timeout=self._timeout,
                 raise_for_status=False,
                 trust_env=self._config.trust_env,
@@ -353,7 +271,7 @@ class Transport:
             current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             current = None
-        if loop is not None and loop is not current and _close_connector_now(session, loop):
+        if loop is not None and loop is not current and close_connector_now(session, loop):
             return
         await session.close()
 
@@ -485,7 +403,8 @@ class Transport:
             ResponseValidationError: A 2xx body over ``max_response_bytes``.
         """
         session = self._bind_session()
-        await self._acquire_slot(path, deadline, attempts)
+        if not self._slots.try_acquire():  # the common case takes a free slot without a wait
+            await self._acquire_slot(path, deadline, attempts)
         try:
             if before_send is not None:
                 await before_send(deadline)
@@ -555,7 +474,7 @@ class Transport:
             async with session.get(
                 url,
                 params=params,
-                headers=headers,
+                headers=None if headers is self._session_headers else headers,
                 allow_redirects=False,
                 raise_for_status=False,  # even on a caller's session: statuses are ours to map
                 timeout=request_timeout,

@@ -2,13 +2,15 @@
 
 Design: each ``KMSClient`` starts, on first use, one daemon thread running an anyio
 event loop (asyncio backend) held open by a :class:`anyio.from_thread.BlockingPortal`,
-which also shuts it down. Every blocking method submits the very same
-``AsyncKMSClient`` coroutine to that loop with ``asyncio.run_coroutine_threadsafe``
-and waits for it: the portal's own ``start_task_soon`` adds a task-group round trip
-that costs as much as a whole loopback request, so calls take the direct path.
-So it works from plain scripts, from many threads at once, and from inside a
-running event loop (Jupyter), and the caller's thread never gets an event loop
-created, set or closed on it.
+which also shuts it down. Every blocking method runs the very same
+``AsyncKMSClient`` coroutine as a task on that loop (``call_soon_threadsafe``) and
+waits on a plain lock that the task's done-callback releases: the portal's own
+``start_task_soon`` adds a task-group round trip that costs as much as a whole
+loopback request, and ``run_coroutine_threadsafe(...).result()`` a
+``concurrent.futures.Future`` and a condition variable on both threads. So it works
+from plain scripts, from many threads at once, and from inside a running event loop
+(Jupyter), and the caller's thread never gets an event loop created, set or closed
+on it.
 
 * Ctrl-C (or any exception) while waiting cancels the request in flight.
 * A forgotten :meth:`KMSClient.close` never hangs interpreter exit: the thread is a
@@ -152,6 +154,90 @@ class _LoopThread:
         finally:
             portal.call(portal.stop)
             thread.join(_SHUTDOWN_TIMEOUT)
+
+
+class _Call:
+    """One blocking call: a coroutine run as a task on the loop thread, whose
+    done-callback releases a plain lock that the calling thread waits on.
+
+    The cheapest handoff between two threads CPython offers: no
+    ``concurrent.futures.Future`` and no condition variable, which is what
+    ``asyncio.run_coroutine_threadsafe(...).result()`` costs on both sides.
+    """
+
+    __slots__ = ("coro", "done", "finished", "task")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self.coro: Coroutine[Any, Any, Any] | None = coro
+        self.task: asyncio.Task[Any] | None = None
+        self.finished = False
+        self.done = threading.Lock()
+        self.done.acquire()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop thread: start the task (unless the call was given up already)."""
+        coro, self.coro = self.coro, None
+        if coro is None:
+            return
+        try:
+            self.task = loop.create_task(coro)
+        except BaseException:
+            coro.close()
+            self._finish()
+            raise
+        self.task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled():
+            task.exception()  # retrieved here: asyncio must not log it as never retrieved
+        self._finish()
+
+    def _finish(self) -> None:
+        self.finished = True
+        self.done.release()
+
+    def abandon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """From the calling thread: cancel the call; wait (bounded) while it winds down."""
+        if not loop.is_running():  # stopped or closed: nothing will run the call any more
+            self._drop()
+            return
+        try:
+            loop.call_soon_threadsafe(self._cancel)
+        except RuntimeError:  # closed in the meantime
+            self._drop()
+            return
+        if not self.finished:
+            self.done.acquire(timeout=_SHUTDOWN_TIMEOUT)
+
+    def _drop(self) -> None:
+        coro, self.coro = self.coro, None
+        if coro is not None:  # never started: close it so it is not reported unawaited
+            coro.close()
+
+    def _cancel(self) -> None:
+        """On the loop thread: close the coroutine if never started, else cancel the task."""
+        coro, self.coro = self.coro, None
+        if coro is not None:
+            coro.close()
+            self._finish()
+        elif self.task is not None:
+            self.task.cancel()
+
+    def result(self, closed: bool) -> Any:
+        """The task's result, or its exception raised (the task has finished).
+
+        Raises:
+            ClientStateError: The task never started, or ``close()`` (``closed``) cancelled it.
+            concurrent.futures.CancelledError: It was cancelled otherwise.
+        """
+        task = self.task
+        if task is None:  # start() failed: the loop is shutting down
+            raise ClientStateError("the KMSClient was closed while this call ran")
+        if task.cancelled():
+            if closed:  # close() from another thread cancelled this call
+                raise ClientStateError("the KMSClient was closed while this call ran")
+            raise concurrent.futures.CancelledError
+        return task.result()
 
 
 BLOCKING_REWRITES: tuple[tuple[str, str], ...] = (
@@ -332,8 +418,9 @@ class KMSClient:
                 "a KMSClient method was called from the client's own event-loop thread"
                 " (e.g. inside an on_progress callback); use AsyncKMSClient there instead"
             )
+        call = _Call(coro)
         try:
-            future = asyncio.run_coroutine_threadsafe(coro, loop)
+            loop.call_soon_threadsafe(call.start, loop)
         except RuntimeError:  # the loop closed between get() and here: close() won the race
             coro.close()
             raise ClientStateError("this KMSClient is closed; create a new one") from None
@@ -343,27 +430,15 @@ class KMSClient:
         try:
             # Wait in short slices: a wait without a timeout cannot be interrupted on
             # every platform (e.g. by _thread.interrupt_main(), or Ctrl-C on Windows).
-            while True:
-                try:
-                    return future.result(timeout=_WAIT_SLICE)
-                except concurrent.futures.TimeoutError:
-                    if future.done():  # the call itself raised a TimeoutError (ours subclass it)
-                        return future.result()
-                    if self._loop.closed and not loop.is_running():
-                        # close() stopped the loop before this call was scheduled on it
-                        future.cancel()
-                        raise ClientStateError(
-                            "the KMSClient was closed while this call ran"
-                        ) from None
-        except concurrent.futures.CancelledError:
-            if self._loop.closed:  # close() from another thread cancelled this call
-                raise ClientStateError("the KMSClient was closed while this call ran") from None
-            raise
+            while not call.done.acquire(timeout=_WAIT_SLICE):
+                if self._loop.closed and not loop.is_running():
+                    # close() stopped the loop before this call was started on it
+                    call.abandon(loop)
+                    raise ClientStateError("the KMSClient was closed while this call ran") from None
         except BaseException:
-            if not future.done():
-                future.cancel()  # cancels the task on the loop thread
-                concurrent.futures.wait((future,), timeout=_SHUTDOWN_TIMEOUT)
+            call.abandon(loop)  # cancels the task on the loop thread
             raise
+        return cast(R, call.result(self._loop.closed))
 
     get_kms_list = _blocking(AsyncKMSClient.get_kms_list)
     get_kms_info = _blocking(AsyncKMSClient.get_kms_info)
