@@ -1,49 +1,61 @@
-"""The contenders of the HTTP benchmarks, each doing the same work its natural way.
+"""One benchmark run in a fresh process: ``python benchmarks/_clients.py '<json spec>'``.
 
-* ``aiohttp``: the floor. One ``ClientSession``, a hand-written GET + ``json()``.
-* ``async``: ``phala_kms.AsyncKMSClient``.
-* ``async_gather``: ``AsyncKMSClient`` driven by ``asyncio.gather`` + a semaphore, as
-  the other async contenders are (to separate the helper from the client).
-* ``sync``: ``phala_kms.KMSClient``.
-* ``pc_async`` / ``pc_sync``: the official ``phala-cloud`` SDK (``AsyncPhalaCloud`` /
-  ``PhalaCloud``, httpx + pydantic), when it can be imported and used. It is given
-  (through its ``http_client`` argument) an httpx client configured as its own default
-  one (base URL, its headers, 30 s timeout, redirects followed) except for the pool:
-  100 connections, all kept alive, like aiohttp's default pool that the others use.
-  httpx's default keeps only 20 alive, so at concurrency 64 it opens and closes a
-  connection for most requests; across rounds that ran this machine out of ephemeral
-  ports (tens of thousands of sockets in TIME_WAIT) and made requests time out.
+The runner (``run.py``) starts this script once per contender per scenario per round,
+so every contender is measured in the allocator and thread state a user's script
+starts in (no other contender's imports, buffers or threads). This module imports
+nothing but the standard library at the top; each contender imports only what it
+uses (``requests`` children never import aiohttp, aiohttp children never httpx).
 
-Every operation takes a client made by the contender's ``open`` and a list of app ids.
-An operation a contender has no natural form of is absent from its ``ops``.
+The spec (a JSON object): ``contender``, ``scenario`` (``seq``, ``fanout`` or
+``threads``), ``count`` (timed requests), ``threads``, ``base_url``, ``api_key``,
+``ca_file`` (a PEM to trust, for TLS, or ``null``), ``server_pid``. The last line
+printed is a JSON object: ``wall_s`` (for ``seq``: the median of ten timed blocks,
+times ten; ``wall_total_s`` is the plain total), ``cpu_s`` (this process, all threads),
+``server_cpu_s``, ``requests``, ``rss_before``, ``peak_rss`` (``VmHWM``: Linux carries
+``ru_maxrss`` over from the parent through fork + exec, ``VmHWM`` starts afresh).
 
-``python benchmarks/_clients.py rss CONTENDER N BASE_URL API_KEY`` is the fresh child
-process of the peak-RSS scenario: it fans out over the first ``N`` benchmark ids at
-concurrency 64 and prints a JSON line with its peak RSS. The peak is ``VmHWM`` from
-``/proc/self/status``, not ``getrusage().ru_maxrss``: Linux carries ``ru_maxrss`` over
-from the parent through fork and exec, so a child of a big parent reports the parent's.
+Contenders:
+
+* ``hop_rct`` / ``hop_lock``: the physical floor of a blocking call, no network: an
+  empty coroutine run on a loop thread from the calling thread, through
+  ``run_coroutine_threadsafe(...).result()`` or through a task whose done-callback
+  releases a plain lock (what ``KMSClient`` does).
+* ``aiohttp``: bare aiohttp on the caller's loop: one ``ClientSession`` with the
+  headers on it, ``session.get`` + ``raise_for_status()`` + ``await resp.json()``;
+  fanned out with ``gather`` + ``Semaphore(64)``.
+* ``aiohttp_workers``: the same request, fanned out by 64 workers pulling ids from one
+  iterator (the pattern ``get_app_env_encrypt_pubkeys`` uses), to compare CPU per
+  request under the same worker pool.
+* ``aiohttp_rct`` / ``aiohttp_lock``: bare aiohttp on a loop thread, each call driven
+  from the calling thread through the ``hop_rct`` / ``hop_lock`` hop: the floor of
+  any blocking client built on a private loop thread.
+* ``async``: ``phala_kms.AsyncKMSClient``; ``sync``: ``phala_kms.KMSClient``.
+* ``requests``: a ``requests.Session`` per thread (the ``threads`` scenario).
+* ``pc_async`` / ``pc_sync``: the official ``phala-cloud`` SDK, when installed, with
+  an httpx client set up as its own default one except for the pool (100
+  connections kept alive, like aiohttp's: httpx's 20 exhausts ephemeral ports).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
 import json
-import resource
+import os
+import statistics
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 CONCURRENCY = 64
 KMS = "phala"
-PAGE_SIZE = 20
-NODE_API_VERSION = "2026-05-22"
 CLIENT_API_VERSION = "2026-06-23"
-
-AsyncOp = Callable[[Any, Sequence[str]], Awaitable[object]]
-SyncOp = Callable[[Any, Sequence[str]], object]
+WARM_IDS = 128
+BLOCKS = 10
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def app_ids(count: int, offset: int = 0) -> list[str]:
@@ -54,10 +66,73 @@ def app_ids(count: int, offset: int = 0) -> list[str]:
     ]
 
 
-async def _bounded_gather(
-    call: Callable[[str], Awaitable[object]], ids: Sequence[str]
-) -> list[Any]:
-    """The usual asyncio fan-out: ``gather`` over every id, a semaphore of 64."""
+def _status_bytes(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _server_cpu(pid: int) -> float:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def _ssl_context(ca_file: str | None) -> Any:
+    if ca_file is None:
+        return None
+    import ssl
+
+    return ssl.create_default_context(cafile=ca_file)
+
+
+# --------------------------------------------------------------------------- the hops
+
+
+class LoopThread:
+    """A bare asyncio loop in a daemon thread, and the two ways of calling into it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def call_rct(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def call_lock(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        done = threading.Lock()
+        done.acquire()
+        box: list[asyncio.Task[Any]] = []
+
+        def start() -> None:
+            task = self.loop.create_task(coro)
+            box.append(task)
+            task.add_done_callback(lambda _: done.release())
+
+        self.loop.call_soon_threadsafe(start)
+        done.acquire()
+        return box[0].result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+async def _noop() -> None:
+    return None
+
+
+# --------------------------------------------------------------------------- contenders
+# Each factory returns (run, close): run(ids) does the scenario's work on those ids.
+
+Run = Callable[[Sequence[str]], object]
+
+
+async def _fanout_gather(call: Callable[[str], Awaitable[object]], ids: Sequence[str]) -> list:
     semaphore = asyncio.Semaphore(CONCURRENCY)
 
     async def one(app: str) -> object:
@@ -67,341 +142,323 @@ async def _bounded_gather(
     return await asyncio.gather(*(one(app) for app in ids))
 
 
-class Contender:
-    """One way of calling the API; ``unavailable`` says why it cannot run, if so."""
+async def _fanout_workers(call: Callable[[str], Awaitable[object]], ids: Sequence[str]) -> list:
+    results: list[object] = [None] * len(ids)
+    queue: Iterator[int] = iter(range(len(ids)))
 
-    name = ""
-    label = ""
-    style = "async"  # or "sync"
-    unavailable: str | None = None
+    async def worker() -> None:
+        for index in queue:
+            results[index] = await call(ids[index])
 
-    def __init__(self, base_url: str, api_key: str) -> None:
-        self.base_url = base_url
-        self.api_key = api_key
-
-    scenarios: tuple[str, ...] = ("sequential", "fanout", "unbounded", "pages")
-    """The scenario methods this contender runs (sync contenders have no unbounded gather)."""
-
-    @property
-    def ops(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.scenarios}
-
-    def open(self) -> Any:
-        raise NotImplementedError
-
-    def close(self, client: Any) -> Any:
-        raise NotImplementedError
+    await asyncio.gather(*(worker() for _ in range(min(CONCURRENCY, len(ids)))))
+    return results
 
 
-# --------------------------------------------------------------------------- aiohttp
+def hop(spec: dict[str, Any], kind: str) -> tuple[Run, Callable[[], None]]:
+    thread = LoopThread()
+    call = thread.call_rct if kind == "rct" else thread.call_lock
+
+    def run(ids: Sequence[str]) -> int:
+        for _ in ids:
+            call(_noop())
+        return len(ids)
+
+    return run, thread.close
 
 
-class BareAiohttp(Contender):
-    name = "aiohttp"
-    label = "bare aiohttp"
+class _Aiohttp:
+    """Bare aiohttp: the session and the one request every aiohttp contender sends."""
 
-    async def open(self) -> Any:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.url = f"{spec['base_url']}/kms/{KMS}/pubkey/"
+        self.spec = spec
+        self.session: Any = None
+
+    async def open(self) -> None:
         import aiohttp
 
-        return aiohttp.ClientSession(
-            headers={"X-API-Key": self.api_key, "X-Phala-Version": CLIENT_API_VERSION}
+        ssl = _ssl_context(self.spec["ca_file"])
+        self.session = aiohttp.ClientSession(
+            headers={"X-API-Key": self.spec["api_key"], "X-Phala-Version": CLIENT_API_VERSION},
+            connector=aiohttp.TCPConnector(ssl=ssl if ssl is not None else True),
         )
 
-    async def close(self, client: Any) -> None:
-        await client.close()
-
-    async def _get(self, session: Any, app: str) -> Any:
-        async with session.get(f"{self.base_url}/kms/{KMS}/pubkey/{app}") as resp:
+    async def get(self, app: str) -> Any:
+        async with self.session.get(self.url + app) as resp:
             resp.raise_for_status()
             return await resp.json()
 
-    async def sequential(self, session: Any, ids: Sequence[str]) -> None:
+    async def sequential(self, ids: Sequence[str]) -> int:
         for app in ids:
-            await self._get(session, app)
-
-    async def fanout(self, session: Any, ids: Sequence[str]) -> list[Any]:
-        return await _bounded_gather(lambda app: self._get(session, app), ids)
-
-    async def unbounded(self, session: Any, ids: Sequence[str]) -> list[Any]:
-        return await asyncio.gather(*(self._get(session, app) for app in ids))
-
-    async def pages(self, session: Any, _: Sequence[str]) -> int:
-        count, page = 0, 1
-        headers = {"X-Phala-Version": NODE_API_VERSION}
-        while True:
-            params = {"page": str(page), "page_size": str(PAGE_SIZE)}
-            async with session.get(f"{self.base_url}/kms", params=params, headers=headers) as resp:
-                resp.raise_for_status()
-                data = await resp.json()
-            count += len(data["items"])
-            if page >= data["pages"]:
-                return count
-            page += 1
+            await self.get(app)
+        return len(ids)
 
 
-# --------------------------------------------------------------------------- phala-kms
+def bare_aiohttp(spec: dict[str, Any], fanout: str) -> tuple[Run, Callable[[], None]]:
+    bare = _Aiohttp(spec)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(bare.open())
+
+    def run(ids: Sequence[str]) -> object:
+        if spec["scenario"] == "seq":
+            return loop.run_until_complete(bare.sequential(ids))
+        if fanout == "workers":
+            return loop.run_until_complete(_fanout_workers(bare.get, ids))
+        return loop.run_until_complete(_fanout_gather(bare.get, ids))
+
+    def close() -> None:
+        loop.run_until_complete(bare.session.close())
+        loop.close()
+
+    return run, close
 
 
-class PhalaKMSAsync(Contender):
-    name = "async"
-    label = "AsyncKMSClient"
+def aiohttp_via_hop(spec: dict[str, Any], kind: str) -> tuple[Run, Callable[[], None]]:
+    bare = _Aiohttp(spec)
+    thread = LoopThread()
+    call = thread.call_rct if kind == "rct" else thread.call_lock
+    call(bare.open())
 
-    async def open(self) -> Any:
-        from phala_kms import AsyncKMSClient
+    def run(ids: Sequence[str]) -> int:
+        for app in ids:
+            call(bare.get(app))
+        return len(ids)
 
-        return AsyncKMSClient(self.api_key, self.base_url)
+    def close() -> None:
+        call(bare.session.close())
+        thread.close()
 
-    async def close(self, client: Any) -> None:
-        await client.aclose()
+    return run, close
 
-    async def sequential(self, client: Any, ids: Sequence[str]) -> None:
+
+def phala_async(spec: dict[str, Any]) -> tuple[Run, Callable[[], None]]:
+    from phala_kms import AsyncKMSClient
+
+    loop = asyncio.new_event_loop()
+
+    async def make() -> Any:
+        return AsyncKMSClient(
+            spec["api_key"], spec["base_url"], ssl_context=_ssl_context(spec["ca_file"])
+        )
+
+    client = loop.run_until_complete(make())
+
+    async def sequential(ids: Sequence[str]) -> int:
         for app in ids:
             await client.get_app_env_encrypt_pubkey(KMS, app)
+        return len(ids)
 
-    async def fanout(self, client: Any, ids: Sequence[str]) -> list[Any]:
-        return await client.get_app_env_encrypt_pubkeys(KMS, ids, concurrency=CONCURRENCY)
+    def run(ids: Sequence[str]) -> object:
+        if spec["scenario"] == "seq":
+            return loop.run_until_complete(sequential(ids))
+        return loop.run_until_complete(
+            client.get_app_env_encrypt_pubkeys(KMS, ids, concurrency=CONCURRENCY)
+        )
 
-    async def gather_fanout(self, client: Any, ids: Sequence[str]) -> list[Any]:
-        return await _bounded_gather(lambda app: client.get_app_env_encrypt_pubkey(KMS, app), ids)
+    def close() -> None:
+        loop.run_until_complete(client.aclose())
+        loop.close()
 
-    async def unbounded(self, client: Any, ids: Sequence[str]) -> list[Any]:
-        return await asyncio.gather(*(client.get_app_env_encrypt_pubkey(KMS, app) for app in ids))
-
-    async def pages(self, client: Any, _: Sequence[str]) -> int:
-        count = 0
-        async for _item in client.iter_kms_list(page_size=PAGE_SIZE):
-            count += 1
-        return count
-
-
-class PhalaKMSAsyncGather(PhalaKMSAsync):
-    name = "async_gather"
-    label = "AsyncKMSClient, gather+sem"
-
-    @property
-    def ops(self) -> dict[str, Any]:
-        return {"fanout": self.gather_fanout}
+    return run, close
 
 
-class PhalaKMSSync(Contender):
-    name = "sync"
-    label = "KMSClient"
-    style = "sync"
-    scenarios = ("sequential", "fanout", "pages")
+def _threaded(ids: Sequence[str], threads: int, work: Callable[[int, Sequence[str]], None]) -> int:
+    """Split ``ids`` among ``threads`` threads, each calling ``work(index, its ids)``."""
+    parts = [ids[i::threads] for i in range(threads)]
+    workers = [threading.Thread(target=work, args=(i, part)) for i, part in enumerate(parts)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return len(ids)
 
-    def open(self) -> Any:
-        from phala_kms import KMSClient
 
-        return KMSClient(self.api_key, self.base_url)
+def phala_sync(spec: dict[str, Any]) -> tuple[Run, Callable[[], None]]:
+    from phala_kms import KMSClient
 
-    def close(self, client: Any) -> None:
-        client.close()
+    client = KMSClient(spec["api_key"], spec["base_url"], ssl_context=_ssl_context(spec["ca_file"]))
 
-    def sequential(self, client: Any, ids: Sequence[str]) -> None:
+    def sequential(_: int, ids: Sequence[str]) -> None:
         for app in ids:
             client.get_app_env_encrypt_pubkey(KMS, app)
 
-    def fanout(self, client: Any, ids: Sequence[str]) -> list[Any]:
-        return client.get_app_env_encrypt_pubkeys(KMS, ids, concurrency=CONCURRENCY)  # type: ignore[no-any-return]
+    def run(ids: Sequence[str]) -> object:
+        if spec["scenario"] == "seq":
+            sequential(0, ids)
+            return len(ids)
+        if spec["scenario"] == "threads":
+            return _threaded(ids, spec["threads"], sequential)
+        return client.get_app_env_encrypt_pubkeys(KMS, ids, concurrency=CONCURRENCY)
 
-    def pages(self, client: Any, _: Sequence[str]) -> int:
-        return sum(1 for _item in client.iter_kms_list(page_size=PAGE_SIZE))
+    return run, client.close
 
 
-# --------------------------------------------------------------------------- phala-cloud
+def requests_per_thread(spec: dict[str, Any]) -> tuple[Run, Callable[[], None]]:
+    import requests
 
-_PC_PUBKEY_NAMES = ("get_app_env_encrypt_pub_key", "get_app_env_encrypt_pubkey")
+    headers = {"X-API-Key": spec["api_key"], "X-Phala-Version": CLIENT_API_VERSION}
+    url = f"{spec['base_url']}/kms/{KMS}/pubkey/"
+    sessions: list[Any] = []
+    for _ in range(max(1, spec["threads"])):
+        session = requests.Session()
+        session.headers.update(headers)
+        if spec["ca_file"] is not None:
+            session.verify = spec["ca_file"]
+        sessions.append(session)
+
+    def sequential(index: int, ids: Sequence[str]) -> None:
+        session = sessions[index]
+        for app in ids:
+            resp = session.get(url + app, timeout=30)
+            resp.raise_for_status()
+            resp.json()
+
+    def run(ids: Sequence[str]) -> object:
+        return _threaded(ids, max(1, spec["threads"]), sequential)
+
+    def close() -> None:
+        for session in sessions:
+            session.close()
+
+    return run, close
 
 
-def _phala_cloud() -> tuple[Any, Any, str]:
-    """Import phala-cloud; return its async and sync classes and the pubkey method name."""
+def _phala_cloud(spec: dict[str, Any], style: str) -> tuple[Any, Any, str]:
+    import httpx
     import phala_cloud
 
-    async_cls = phala_cloud.AsyncPhalaCloud
-    sync_cls = phala_cloud.PhalaCloud
-    for name in _PC_PUBKEY_NAMES:
-        if hasattr(async_cls, name) and hasattr(sync_cls, name):
-            return async_cls, sync_cls, name
-    raise AttributeError(f"phala_cloud.PhalaCloud has none of {', '.join(_PC_PUBKEY_NAMES)}")
-
-
-def _httpx_options(base_url: str, api_key: str) -> dict[str, Any]:
-    """phala-cloud's own httpx settings, with a pool as large as the other contenders'."""
-    import httpx
-
-    return {
-        "base_url": base_url,
+    cls = phala_cloud.AsyncPhalaCloud if style == "async" else phala_cloud.PhalaCloud
+    method = next(
+        name
+        for name in ("get_app_env_encrypt_pub_key", "get_app_env_encrypt_pubkey")
+        if hasattr(cls, name)
+    )
+    options = {
+        "base_url": spec["base_url"],
         "timeout": 30.0,
         "headers": {
             "X-Phala-Version": CLIENT_API_VERSION,
             "Content-Type": "application/json",
-            "X-API-Key": api_key,
+            "X-API-Key": spec["api_key"],
         },
         "follow_redirects": True,
         "limits": httpx.Limits(max_connections=100, max_keepalive_connections=100),
     }
+    http = (httpx.AsyncClient if style == "async" else httpx.Client)(**options)
+    return cls(api_key=spec["api_key"], base_url=spec["base_url"], http_client=http), http, method
 
 
-class PhalaCloudAsync(Contender):
-    name = "pc_async"
-    label = "phala-cloud async"
+def pc_async(spec: dict[str, Any]) -> tuple[Run, Callable[[], None]]:
+    loop = asyncio.new_event_loop()
 
-    async def open(self) -> Any:
-        import httpx
+    async def make() -> tuple[Any, Any, str]:
+        return _phala_cloud(spec, "async")
 
-        async_cls, _, self._method = _phala_cloud()
-        self._http = httpx.AsyncClient(**_httpx_options(self.base_url, self.api_key))
-        return async_cls(api_key=self.api_key, base_url=self.base_url, http_client=self._http)
+    client, http, method = loop.run_until_complete(make())
+    get = getattr(client, method)
 
-    async def close(self, client: Any) -> None:
-        await client.aclose()
-        await self._http.aclose()  # passed in, so phala-cloud leaves it open
-
-    def _get(self, client: Any, app: str) -> Awaitable[object]:
-        return getattr(client, self._method)({"kms": KMS, "app_id": app})  # type: ignore[no-any-return]
-
-    async def sequential(self, client: Any, ids: Sequence[str]) -> None:
+    async def sequential(ids: Sequence[str]) -> int:
         for app in ids:
-            await self._get(client, app)
+            await get({"kms": KMS, "app_id": app})
+        return len(ids)
 
-    async def fanout(self, client: Any, ids: Sequence[str]) -> list[Any]:
-        return await _bounded_gather(lambda app: self._get(client, app), ids)
+    def run(ids: Sequence[str]) -> object:
+        if spec["scenario"] == "seq":
+            return loop.run_until_complete(sequential(ids))
+        return loop.run_until_complete(
+            _fanout_gather(lambda app: get({"kms": KMS, "app_id": app}), ids)
+        )
 
-    async def unbounded(self, client: Any, ids: Sequence[str]) -> list[Any]:
-        return await asyncio.gather(*(self._get(client, app) for app in ids))
+    def close() -> None:
+        loop.run_until_complete(client.aclose())
+        loop.run_until_complete(http.aclose())
+        loop.close()
 
-    async def pages(self, client: Any, _: Sequence[str]) -> int:
-        count, page = 0, 1
-        while True:
-            result = await client.get_kms_list({"page": page, "page_size": PAGE_SIZE})
-            count += len(result.items)
-            if page >= result.pages:
-                return count
-            page += 1
+    return run, close
 
 
-class PhalaCloudSync(Contender):
-    name = "pc_sync"
-    label = "phala-cloud sync"
-    style = "sync"
-    scenarios = ("sequential", "fanout", "pages")
+def pc_sync(spec: dict[str, Any]) -> tuple[Run, Callable[[], None]]:
+    client, http, method = _phala_cloud(spec, "sync")
+    get = getattr(client, method)
 
-    def open(self) -> Any:
-        import httpx
+    def run(ids: Sequence[str]) -> object:
+        if spec["scenario"] == "seq":
+            for app in ids:
+                get({"kms": KMS, "app_id": app})
+            return len(ids)
+        import concurrent.futures
 
-        _, sync_cls, self._method = _phala_cloud()
-        self._http = httpx.Client(**_httpx_options(self.base_url, self.api_key))
-        return sync_cls(api_key=self.api_key, base_url=self.base_url, http_client=self._http)
-
-    def close(self, client: Any) -> None:
-        client.close()
-        self._http.close()
-
-    def sequential(self, client: Any, ids: Sequence[str]) -> None:
-        get = getattr(client, self._method)
-        for app in ids:
-            get({"kms": KMS, "app_id": app})
-
-    def fanout(self, client: Any, ids: Sequence[str]) -> list[Any]:
-        """The sync SDK's natural fan-out: 64 threads sharing one (thread-safe) client."""
-        get = getattr(client, self._method)
         with concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as pool:
             return list(pool.map(lambda app: get({"kms": KMS, "app_id": app}), ids))
 
-    def pages(self, client: Any, _: Sequence[str]) -> int:
-        count, page = 0, 1
-        while True:
-            result = client.get_kms_list({"page": page, "page_size": PAGE_SIZE})
-            count += len(result.items)
-            if page >= result.pages:
-                return count
-            page += 1
+    def close() -> None:
+        client.close()
+        http.close()
+
+    return run, close
 
 
-CONTENDERS: tuple[type[Contender], ...] = (
-    BareAiohttp,
-    PhalaKMSAsync,
-    PhalaKMSAsyncGather,
-    PhalaKMSSync,
-    PhalaCloudAsync,
-    PhalaCloudSync,
-)
+CONTENDERS: dict[str, Callable[[dict[str, Any]], tuple[Run, Callable[[], None]]]] = {
+    "hop_rct": lambda spec: hop(spec, "rct"),
+    "hop_lock": lambda spec: hop(spec, "lock"),
+    "aiohttp": lambda spec: bare_aiohttp(spec, "gather"),
+    "aiohttp_workers": lambda spec: bare_aiohttp(spec, "workers"),
+    "aiohttp_rct": lambda spec: aiohttp_via_hop(spec, "rct"),
+    "aiohttp_lock": lambda spec: aiohttp_via_hop(spec, "lock"),
+    "async": phala_async,
+    "sync": phala_sync,
+    "requests": requests_per_thread,
+    "pc_async": pc_async,
+    "pc_sync": pc_sync,
+}
 
 
-def make_contenders(base_url: str, api_key: str) -> dict[str, Contender]:
-    """Every contender, with ``unavailable`` set on the phala-cloud ones if they can't run."""
-    contenders = {cls.name: cls(base_url, api_key) for cls in CONTENDERS}
-    reason = _phala_cloud_problem(base_url, api_key)
-    for name in ("pc_async", "pc_sync"):
-        contenders[name].unavailable = reason
-    return contenders
-
-
-def _phala_cloud_problem(base_url: str, api_key: str) -> str | None:
-    """Why phala-cloud cannot be benchmarked here, or ``None`` when one call works."""
-    try:
-        _, sync_cls, method = _phala_cloud()
-    except Exception as exc:  # an import failure of any kind: report it, don't fail
-        return f"cannot import phala_cloud: {type(exc).__name__}: {exc}"
-    try:
-        client = sync_cls(api_key=api_key, base_url=base_url)
-        try:
-            key = getattr(client, method)({"kms": KMS, "app_id": app_ids(1)[0]})
-            if len(str(key.public_key)) != 64:
-                return f"unexpected pubkey result {key!r}"
-        finally:
-            client.close()
-    except Exception as exc:
-        return f"phala_cloud call failed: {type(exc).__name__}: {exc}"
-    return None
-
-
-# --------------------------------------------------------------------------- RSS child
-
-
-def _rss_child(name: str, count: int, base_url: str, api_key: str) -> dict[str, Any]:
-    contender = {cls.name: cls for cls in CONTENDERS}[name](base_url, api_key)
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Open the contender, warm it (untimed), time the scenario on fresh ids, close."""
+    count = spec["count"]
     ids = app_ids(count)
-    fanout = contender.ops["fanout"]
-    if contender.style == "sync":
-        client = contender.open()
-        before = _rss_now()
-        results = fanout(client, ids)
-        contender.close(client)
-    else:
-
-        async def main() -> tuple[int, Any]:
-            client = await contender.open()
-            at_start = _rss_now()
-            try:
-                return at_start, await fanout(client, ids)
-            finally:
-                await contender.close(client)
-
-        before, results = asyncio.run(main())
-    assert len(results) == count
+    warm = app_ids(WARM_IDS, offset=spec["warm_offset"])
+    run, close = CONTENDERS[spec["contender"]](spec)
+    try:
+        run(warm if spec["scenario"] != "seq" else warm[:16])  # opens the pool's connections
+        rss_before = _status_bytes("VmRSS")
+        pid = spec["server_pid"]
+        blocks: list[float] = []
+        s0, c0, t0 = _server_cpu(pid), time.process_time(), time.perf_counter()
+        if spec["scenario"] == "seq":
+            # Ten blocks, each timed: the median block stands for the run, so a burst
+            # of another process's load on this shared machine moves it less.
+            size = max(1, count // BLOCKS)
+            result = 0
+            for start in range(0, count, size):
+                b0 = time.perf_counter()
+                result += run(ids[start : start + size])  # type: ignore[operator]
+                blocks.append((time.perf_counter() - b0) / len(ids[start : start + size]))
+        else:
+            result = run(ids)
+        wall = time.perf_counter() - t0
+        cpu, server_cpu = time.process_time() - c0, _server_cpu(pid) - s0
+        if blocks:
+            wall_total, wall = wall, statistics.median(blocks) * count
+    finally:
+        close()
+    got = result if isinstance(result, int) else len(result)  # type: ignore[arg-type]
+    if got != count:
+        raise RuntimeError(f"{spec['contender']} {spec['scenario']}: {got} results, not {count}")
     return {
-        "contender": name,
-        "ids": count,
-        "rss_before_fanout": before,
+        "wall_s": wall,
+        "wall_total_s": wall_total if blocks else wall,
+        "cpu_s": cpu,
+        "server_cpu_s": server_cpu,
+        "requests": count,
+        "rss_before": rss_before,
         "peak_rss": _status_bytes("VmHWM"),
-        "ru_maxrss_inherited": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "modules_aiohttp": "aiohttp" in sys.modules,
+        "modules_httpx": "httpx" in sys.modules,
     }
 
 
-def _status_bytes(field: str) -> int:
-    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``), in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _rss_now() -> int:
-    return _status_bytes("VmRSS")
-
-
 if __name__ == "__main__":
-    if len(sys.argv) != 6 or sys.argv[1] != "rss":
-        sys.exit("usage: _clients.py rss CONTENDER N BASE_URL API_KEY")
-    print(json.dumps(_rss_child(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])))
+    if len(sys.argv) != 2:
+        sys.exit("usage: _clients.py '<json spec>'")
+    print(json.dumps(measure(json.loads(sys.argv[1]))))
