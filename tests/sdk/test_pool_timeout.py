@@ -149,11 +149,15 @@ def test_the_deadline_bounds_the_wait_for_a_connection(kind: str, server: FakeKM
     assert time.monotonic() - started < 2.0
     waited = [r for r in results if isinstance(r, PoolTimeoutError)]
     assert all(err.pool_timeout is None and "deadline" in str(err) for err in waited)
-    # the one sent first had what was left of the deadline as its timeout; one more may
-    # get its connection just as the deadline runs out
+    # the one sent first had the deadline (not timeout=5) as its limit; a call whose
+    # deadline is a hair later may get the freed connection with what little is left,
+    # so how many reach the edge varies, but none was given more than the deadline
     timed_out = [r for r in results if isinstance(r, APITimeoutError)]
     assert len(waited) + len(timed_out) == len(IDS)
-    assert 1 <= len(timed_out) <= 2 and 1 <= server.total_requests <= len(timed_out)
+    assert timed_out and all(
+        err.timeout is not None and err.timeout <= policy.deadline for err in timed_out
+    )
+    assert 1 <= server.total_requests <= len(timed_out)
 
 
 async def test_a_caller_sessions_connector_limit_sizes_the_slots(server: FakeKMSServer) -> None:
