@@ -25,7 +25,7 @@ ids or ``demo``, reports the failure in that document and on stderr instead.)
 
 Text the API supplies (fields, error messages, log lines) is printed for people with
 its control characters and escape sequences shown escaped (``\\x1b``), never acted
-on by the terminal (:func:`~phala_kms.cli._present.inert`).
+on by the terminal (:func:`~phala_kms.cli._output.inert`).
 
 Exit codes (also :data:`EXIT_CODES` and ``phala-kms --help``):
 
@@ -59,17 +59,20 @@ settings -> exit codes):
 * :mod:`._exit`: :class:`ExitCode`, :data:`EXIT_CODES` and ``Failure`` (standard
   library only);
 * :mod:`._settings`: the global options, ``Settings`` and shared options;
-* :mod:`._present`: errors to exit code and hint (one table), untrusted text made
-  inert, strict JSON and tables;
+* :mod:`._present`: errors to exit code and hint (one table), ``error:`` lines and
+  the ``--json`` error object;
+* :mod:`._output`: untrusted text made inert, strict JSON, consoles and tables;
 * :mod:`._logging`: the SDK's log lines on stderr (``-v``, the demo);
 * :mod:`._group`: the root group, where every failure becomes an exit code;
 * :mod:`._commands`: ``list``, ``contracts``, ``info``, ``onchain``,
   ``next-app-ids``, ``fake-server``;
 * :mod:`._trust`: the trust options (``--anchor`` ...), mapped onto the SDK's
   ``get_trusted_signer``, and how what was verified is shown;
-* :mod:`._keys`: ``pubkey``, ``pubkeys``, ``encrypt-env``;
+* :mod:`._keys`: ``pubkey``, ``pubkeys``;
+* :mod:`._encrypt`: ``encrypt-env``;
 * :mod:`._envfile`: reading ``.env`` and app-id files;
-* :mod:`._demo` and :mod:`._demo_steps`: ``demo``.
+* :mod:`._demo`, :mod:`._demo_steps`, :mod:`._demo_chain` and :mod:`._step`: ``demo``
+  (the run and summary; steps 1 to 10; the chain of trust, 11 to 14; one step's record).
 
 Importing this package imports neither click nor rich: :func:`main` checks for the
 ``[cli]`` extra first, and the other names load on first use. Heavy imports (rich,
@@ -89,7 +92,8 @@ from ._exit import EXIT_CODES, ExitCode
 if TYPE_CHECKING:
     from ._envfile import read_env_file
     from ._group import cli
-    from ._present import describe_error, exit_code_for, to_jsonable
+    from ._output import to_jsonable
+    from ._present import describe_error, exit_code_for
 
 __all__ = [
     "CLI_REQUIREMENTS",

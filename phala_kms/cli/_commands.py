@@ -14,7 +14,7 @@ import click
 
 from .._constants import CONTRACT_API_VERSION, ENV_API_KEY, ENV_BASE_URL
 from ._exit import ExitCode, Failure
-from ._present import (
+from ._output import (
     add_row,
     emit_json,
     inert,

@@ -14,7 +14,8 @@ ending (like every other command) with an ``error:`` line for the first failure 
 the error table's ``hint:`` for it (a bad API key: check ``PHALA_CLOUD_API_KEY``).
 The sync :class:`~phala_kms.KMSClient` does the reads; the async
 :class:`~phala_kms.AsyncKMSClient` does the key fan-out. The steps themselves are in
-:mod:`phala_kms.cli._demo_steps`; this module starts the fake, runs them and sums up.
+:mod:`phala_kms.cli._demo_steps` (1 to 10) and :mod:`phala_kms.cli._demo_chain` (11 to
+14, the chain of trust); this module starts the fake, runs them and sums up.
 """
 
 from __future__ import annotations
@@ -31,14 +32,16 @@ from .._constants import (
     ENV_API_KEY,
 )
 from ._exit import ExitCode, Failure
-from ._present import emit_json, inert, report, stderr, stdout
+from ._output import emit_json, inert, stderr, stdout
+from ._present import report
 from ._settings import concurrency_option, current_settings, json_option
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from ..testing import FakeKMSServer, ThreadedFakeKMSServer
-    from ._demo_steps import ChainStandIn, Demo
+    from ._demo_chain import ChainStandIn
+    from ._demo_steps import Demo
 
 __all__ = ["FAKE_SERVER_OPTIONS", "SAMPLE_ENV", "demo_command", "run_demo"]
 
@@ -102,7 +105,7 @@ def _summarize(
 ) -> tuple[dict[str, int], int, str | None, str | None]:
     """Print the summary line; return the status counts, the exit code, and the first
     failure and its hint (``None`` when every step that ran passed)."""
-    from ._demo_steps import duration, error_text, failure_hint
+    from ._step import duration, error_text, failure_hint
 
     counts = {
         status: sum(s.status == status for s in demo.steps)
@@ -180,7 +183,7 @@ def run_demo(
             kind="NoAPIKey",
         )
 
-    from ._demo_steps import load_chain_stand_in
+    from ._demo_chain import load_chain_stand_in
 
     started = time.perf_counter()
     chain, chain_skip = load_chain_stand_in() if use_fake else (None, None)

@@ -5,7 +5,7 @@ Every problem is an :class:`InputFileError` (exit code 2, ``error:`` and ``hint:
 lines) naming the file and the line numbers, not the lines: a line that does not
 parse may be a pasted secret.
 Variable names are quoted only where they are certainly names (``A is set on lines 1
-and 2``), made :func:`~phala_kms.cli._present.inert` like everything else printed.
+and 2``), made :func:`~phala_kms.cli._output.inert` like everything else printed.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import BinaryIO
 
 from ._exit import ExitCode, Failure
-from ._present import inert
+from ._output import inert
 
 __all__ = ["InputFileError", "decode_input", "read_app_ids", "read_env_file", "read_input"]
 

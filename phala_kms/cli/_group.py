@@ -33,15 +33,8 @@ from .._version import __version__
 from ..errors import PhalaKMSError
 from ._exit import EXIT_CODES, ExitCode, Failure
 from ._logging import enable_sdk_logging
-from ._present import (
-    describe_error,
-    emit_json,
-    error_json,
-    exit_code_for,
-    hint_for,
-    inert,
-    report,
-)
+from ._output import emit_json, inert
+from ._present import describe_error, error_json, exit_code_for, hint_for, report
 from ._settings import Settings, global_options
 
 __all__ = ["cli"]
@@ -261,9 +254,10 @@ def cli(ctx: click.Context, /, verbose: bool, **options: Any) -> None:
 def _add_commands() -> None:
     from ._commands import COMMANDS as READ_COMMANDS
     from ._demo import demo_command
+    from ._encrypt import COMMANDS as ENCRYPT_COMMANDS
     from ._keys import COMMANDS as KEY_COMMANDS
 
-    for command in (*READ_COMMANDS, *KEY_COMMANDS, demo_command):
+    for command in (*READ_COMMANDS, *KEY_COMMANDS, *ENCRYPT_COMMANDS, demo_command):
         cli.add_command(command)
 
 

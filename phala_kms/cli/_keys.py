@@ -1,4 +1,5 @@
-"""The key commands: ``pubkey``, ``pubkeys`` and ``encrypt-env``.
+"""The key commands: ``pubkey`` and ``pubkeys`` (``encrypt-env`` is in
+:mod:`phala_kms.cli._encrypt` and fetches its key through :func:`fetch_key`).
 
 The trusted signer comes from the trust options (:mod:`phala_kms.cli._trust`), mapped
 onto the SDK's :meth:`~phala_kms.AsyncKMSClient.get_trusted_signer`; the output says
@@ -14,15 +15,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias
 
 import click
 
-from ._envfile import read_app_ids, read_env_file
+from ._envfile import read_app_ids
 from ._exit import Failure
-from ._present import (
+from ._output import (
     add_row,
-    describe_error,
     emit_json,
-    error_json,
-    exit_code_for,
-    hint_for,
     inert,
     new_table,
     print_extra,
@@ -32,6 +29,7 @@ from ._present import (
     stdout,
     to_jsonable,
 )
+from ._present import describe_error, error_json, exit_code_for, hint_for
 from ._settings import Settings, concurrency_option, current_settings, json_option
 from ._trust import TrustChoice, trust_options, verification_json, verification_text
 
@@ -45,19 +43,26 @@ if TYPE_CHECKING:
     _Result: TypeAlias = _Key | PhalaKMSError
     """One id's outcome in the fan-out: its key or its error."""
 
-__all__ = ["COMMANDS", "encrypt_env_command", "pubkey_command", "pubkeys_command"]
+__all__ = [
+    "COMMANDS",
+    "as_verified",
+    "fetch_key",
+    "pubkey_command",
+    "pubkeys_command",
+    "resolve_signer",
+]
 
 # --------------------------------------------------------------------------- trusted signer
 
 
-def _resolve_signer(client: KMSClient, kms: str, trust: TrustChoice) -> TrustedSigner | None:
+def resolve_signer(client: KMSClient, kms: str, trust: TrustChoice) -> TrustedSigner | None:
     """The signer every named anchor agrees on, or ``None`` when none is named."""
     if not trust.sources:
         return None
     return trust.checked(client.get_trusted_signer(kms, **trust.signer_kwargs()))
 
 
-def _fetch_key(
+def fetch_key(
     client: KMSClient, kms: str, app_id: str, signer: TrustedSigner | None, trust: TrustChoice
 ) -> _Key:
     """The app's key: verified against ``signer``, or as served when it is ``None``."""
@@ -100,7 +105,7 @@ def _fetch_node_key(
         raise Failure(describe_error(err), hint, exit_code_for(err), cause=err) from err
 
 
-def _verified(key: _Key | None) -> VerifiedAppEnvEncryptPubKey | None:
+def as_verified(key: _Key | None) -> VerifiedAppEnvEncryptPubKey | None:
     from ..models import VerifiedAppEnvEncryptPubKey
 
     return key if isinstance(key, VerifiedAppEnvEncryptPubKey) else None
@@ -158,12 +163,12 @@ def pubkey_command(
     normalized = app_id_hex(app_id)
     node_url = check_peer_url(from_node, "from_node") if from_node is not None else None
     with settings.sync_client() as client:
-        signer = _resolve_signer(client, kms, trust)
+        signer = resolve_signer(client, kms, trust)
         if node_url is not None:
             assert signer is not None  # a source is named (checked above)
             key: _Key = _fetch_node_key(client, node_url, normalized, signer, trust)
         else:
-            key = _fetch_key(client, kms, normalized, signer, trust)
+            key = fetch_key(client, kms, normalized, signer, trust)
     source = (
         f"node: POST {node_url}/prpc/GetAppEnvEncryptPubKey?json"
         if node_url is not None
@@ -177,7 +182,7 @@ def pubkey_command(
                 "app_id": normalized,
                 **data,
                 "key_source": source,
-                **verification_json(signer, _verified(key)),
+                **verification_json(signer, as_verified(key)),
             }
         )
         return
@@ -186,7 +191,7 @@ def pubkey_command(
     rows: list[tuple[str, Any]] = [("kms", kms), ("app_id", normalized), ("from", source)]
     rows += [(name, value) for name, value in data.items() if value is not None]
     if signer is not None:
-        rows.append(("verified", "yes: " + verification_text(signer, _verified(key))))
+        rows.append(("verified", "yes: " + verification_text(signer, as_verified(key))))
         rows += _anchor_rows(signer)
     else:
         rows.append(("verified", "NO (pass --trusted-signer HEX, --anchor ..., or --trust-api)"))
@@ -269,7 +274,7 @@ def _print_results(
                 Text.assemble((type(result).__name__, "red"), ": ", message),
             )  # fmt: skip
         else:
-            verified_key = _verified(result)
+            verified_key = as_verified(result)
             if signer:
                 scheme = (verified_key.scheme if verified_key is not None else "-",)
             add_row(table, app_id, *scheme, result.public_key)
@@ -363,209 +368,5 @@ def pubkeys_command(
         )
 
 
-# --------------------------------------------------------------------------- encrypt-env
-
-
-def _allowed_envs(
-    names: tuple[str, ...], app_compose: str | None, docker_compose: str | None
-) -> tuple[tuple[str, ...] | None, str | None]:
-    """The allow-list from the one option that gives it, and where it came from."""
-    import pathlib
-
-    from ..tee import allowed_envs_from_app_compose, env_names_in_docker_compose
-
-    given = [flag for flag, value in (("--allowed-envs", names), ("--app-compose", app_compose),
-             ("--docker-compose", docker_compose)) if value]  # fmt: skip
-    if len(given) > 1:
-        raise click.UsageError(f"give the allowed names once: {' and '.join(given)} both set them")
-    if app_compose is not None:
-        return allowed_envs_from_app_compose(pathlib.Path(app_compose)), app_compose
-    if docker_compose is not None:
-        return env_names_in_docker_compose(pathlib.Path(docker_compose)), docker_compose
-    if names:
-        listed = tuple(n.strip() for value in names for n in value.split(",") if n.strip())
-        return listed, "--allowed-envs"
-    return None, None
-
-
-def _target(kms: str | None, app_id: str | None, cvm_id: str | None) -> None:
-    """Refuse a command line that names the app twice, or not at all."""
-    if cvm_id is not None and app_id is not None:
-        raise click.UsageError(
-            "with --cvm the app id comes from the CVM: give no APP_ID (a KMS argument"
-            " overrides the CVM's own)"
-        )
-    if cvm_id is None and (kms is None or app_id is None):
-        raise click.UsageError("give KMS and APP_ID, or --cvm ID")
-
-
-@click.command("encrypt-env")
-@json_option
-@click.argument("kms", required=False)
-@click.argument("app_id", required=False)
-@click.option(
-    "--cvm",
-    "cvm_id",
-    metavar="ID",
-    help="Encrypt for this existing CVM: its app id and KMS come from GET /cvms/ID (the KMS"
-    " by kms_info.slug, else id; a KMS argument overrides it), and a CVM whose KMS reports"
-    " another root key than the trusted signer is refused.",
-)
-@click.option(
-    "--env-file",
-    type=click.Path(exists=True, dir_okay=False, allow_dash=True),
-    required=True,
-    help="The .env file to encrypt ('-' for stdin), UTF-8. Comments, quotes and 'export' are"
-    " handled; a line that does not parse, a name without '=', or a name set twice is an error.",
-)
-@click.option(
-    "--no-verify",
-    is_flag=True,
-    help="Encrypt to the key without verifying its signature (a warning is printed).",
-)
-@click.option(
-    "--interpolate/--no-interpolate",
-    default=False,
-    show_default=True,
-    help="Expand ${VAR} references in the file (from the file and your environment).",
-)
-@click.option(
-    "--allow-empty",
-    is_flag=True,
-    help="Encrypt an empty set when the file sets no variables (else that is an error).",
-)
-@click.option(
-    "--allowed-envs",
-    metavar="NAME,...",
-    multiple=True,
-    help="The app's allowed_envs (comma-separated, repeatable): a variable outside it is an"
-    " error, since the TEE would silently drop it.",
-)
-@click.option(
-    "--app-compose",
-    type=click.Path(exists=True, dir_okay=False),
-    metavar="PATH",
-    help="Read allowed_envs from the app's app-compose.json (absent: no variable is allowed).",
-)
-@click.option(
-    "--docker-compose",
-    type=click.Path(exists=True, dir_okay=False),
-    metavar="PATH",
-    help="Allow only the names a docker compose file interpolates (${NAME}, $NAME).",
-)
-@click.option(
-    "--check-registered",
-    is_flag=True,
-    help="First require the KMS contract's registeredApps(APP_ID) to be true, over"
-    " --rpc-url; exit 6 if it is not.",
-)
-@trust_options
-def encrypt_env_command(
-    kms: str | None,
-    app_id: str | None,
-    cvm_id: str | None,
-    env_file: str,
-    no_verify: bool,
-    interpolate: bool,
-    allow_empty: bool,
-    allowed_envs: tuple[str, ...],
-    app_compose: str | None,
-    docker_compose: str | None,
-    check_registered: bool,
-    trust: TrustChoice,
-) -> None:
-    """Encrypt a .env file to APP_ID's key on KMS (or to a CVM's, --cvm ID); print the hex
-    for `encrypted_env`.
-
-    The key's signature is verified first, against the root key every anchor you name
-    agrees on: --trusted-signer HEX (pinned), --anchor chain --rpc-url URL (the KMS
-    contract), --anchor node, --trust-api (the API's own report; weaker); or --no-verify
-    to skip it knowingly. The variables are checked against what the TEE accepts (and
-    the allowed names, if given) before any request. Only the hex goes to stdout;
-    values are never printed.
-    """
-    from rich.markup import escape
-
-    from .._params import app_id_hex
-    from .._trusted import check_cvm_signer, cvm_target
-    from ..crypto import check_trusted_signer, encrypt_env_plaintext, env_vars_plaintext
-
-    settings = current_settings()
-    _target(kms, app_id, cvm_id)
-    if no_verify == bool(trust.sources):
-        raise click.UsageError(
-            "choose exactly one of: a signer (--trusted-signer HEX, --trust-api, --anchor ...)"
-            " or --no-verify: the key must be verified against a signer you chose, or the"
-            " check skipped explicitly"
-        )
-    if check_registered and trust.rpc_url is None:
-        raise click.UsageError("--check-registered needs --rpc-url URL (the KMS contract's chain)")
-    trust.check(rpc_needed=check_registered)
-    allowed, allowed_from = _allowed_envs(allowed_envs, app_compose, docker_compose)
-    env = read_env_file(env_file, interpolate=interpolate, allow_empty=allow_empty)
-    settings.secrets.update(value for value in env.values() if len(value) >= 3)
-    normalized = app_id_hex(app_id) if app_id is not None else None
-    # names, values, TEE limits and allowed names checked before any request
-    plaintext = env_vars_plaintext(env, allowed_envs=allowed, allow_empty=allow_empty)
-    with settings.sync_client() as client:
-        if cvm_id is not None:
-            cvm = client.get_cvm(cvm_id)
-            kms, cvm_app_id = cvm_target(cvm, cvm_id, kms)
-            normalized = app_id_hex(cvm_app_id)
-        assert kms is not None
-        assert normalized is not None
-        signer = _resolve_signer(client, kms, trust)
-        if signer is None:
-            stderr().print(
-                "[yellow]warning:[/yellow] --no-verify: encrypting to a key whose signature was"
-                " not checked; whoever can alter the API's answer could read these values.",
-                soft_wrap=True,
-            )
-        elif cvm_id is not None:
-            check_cvm_signer(cvm, cvm_id, check_trusted_signer(signer))
-        if check_registered:
-            assert trust.rpc_url is not None
-            client.check_app_registered(
-                kms, normalized, rpc_url=trust.rpc_url, ssl_context=trust.ssl_context
-            )
-        key = _fetch_key(client, kms, normalized, signer, trust)
-    encrypted = encrypt_env_plaintext(plaintext, key.public_key_bytes)  # exactly what was checked
-    if settings.json_output:
-        emit_json(
-            {
-                "kms": kms,
-                "app_id": normalized,
-                "cvm_id": cvm_id,
-                "encrypted_env": encrypted,
-                "env_keys": list(env),
-                "allowed_envs": list(allowed) if allowed is not None else None,
-                "registered_on_chain": True if check_registered else None,
-                **verification_json(signer, _verified(key)),
-            }
-        )
-        return
-    click.echo(encrypted)
-    target = f"app {normalized} on {kms}" + (f" (CVM {cvm_id})" if cvm_id else "")
-    verified = (
-        f" key verified: {verification_text(signer, _verified(key))}"
-        if signer
-        else " key NOT verified"
-    )
-    checks = ""
-    if allowed_from is not None:
-        checks += f"; every name allowed ({allowed_from})"
-    if check_registered:
-        checks += "; app registered with the KMS contract on chain"
-    stderr().print(
-        escape(
-            inert(
-                f"encrypted {len(env)} variable(s) ({', '.join(env)}) for {target};{verified}"
-                f"{checks}"
-            )
-        ),
-        soft_wrap=True,
-    )
-
-
-COMMANDS: tuple[click.Command, ...] = (pubkey_command, pubkeys_command, encrypt_env_command)
+COMMANDS: tuple[click.Command, ...] = (pubkey_command, pubkeys_command)
 """The commands of this module, for the root group."""

@@ -30,14 +30,14 @@ def sdk_log_handler(handler: logging.Handler) -> Iterator[None]:
 
 class _StderrHandler(logging.Handler):
     """Writes log lines to whatever ``sys.stderr`` is at the time (click's, in tests),
-    redacted and :func:`~phala_kms.cli._present.inert` (they quote the API's text)."""
+    redacted and :func:`~phala_kms.cli._output.inert` (they quote the API's text)."""
 
     def __init__(self, level: int, redact: Callable[[str], str]) -> None:
         super().__init__(level)
         self.redact = redact
 
     def emit(self, record: logging.LogRecord) -> None:
-        from ._present import inert
+        from ._output import inert
 
         try:
             click.echo(inert(self.redact(self.format(record))), err=True)

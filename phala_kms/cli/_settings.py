@@ -31,6 +31,7 @@ __all__ = [
     "Settings",
     "concurrency_option",
     "current_settings",
+    "find_settings",
     "global_options",
     "int_option",
     "json_option",
@@ -139,6 +140,14 @@ class Settings:
 def current_settings() -> Settings:
     """The settings of the command being run."""
     return click.get_current_context().ensure_object(Settings)
+
+
+def find_settings(settings: Settings | None = None) -> Settings | None:
+    """``settings``, else the running command's, else ``None`` (outside a command)."""
+    if settings is not None:
+        return settings
+    ctx = click.get_current_context(silent=True)
+    return ctx.find_object(Settings) if ctx is not None else None
 
 
 def global_options(func: F) -> F:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
 
-from ._present import inert, stderr
+from ._output import inert, stderr
 
 if TYPE_CHECKING:
     import ssl

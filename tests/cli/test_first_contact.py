@@ -37,7 +37,7 @@ from click.testing import CliRunner, Result
 import phala_kms
 from phala_kms._constants import DEFAULT_CONCURRENCY
 from phala_kms.cli import EXIT_CODES, ExitCode, cli
-from phala_kms.cli._present import JSON_MAX_DEPTH, inert, to_jsonable
+from phala_kms.cli._output import JSON_MAX_DEPTH, inert, to_jsonable
 from phala_kms.testing import FakeKMSServer, LatencyFault, StatusFault, decrypt_env_vars
 
 ROOT = Path(__file__).resolve().parents[2]
