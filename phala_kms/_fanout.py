@@ -13,7 +13,7 @@ call's ``kms``. A callback that raises is reported as a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable
 from typing import Any, TypeVar
 
 from .errors import CallbackError, InvalidArgumentError, PhalaKMSError
@@ -159,10 +159,7 @@ async def fan_out(
                     )  # fmt: skip
                 raise first
     finally:
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel_all(tasks)
 
     return [invalid[position] if slot < 0 else results[slot] for position, slot in enumerate(slots)]
 
@@ -234,7 +231,12 @@ async def stream_fan_out(
                 else:
                     raise failure
     finally:
-        for task in running:
-            task.cancel()
-        if running:
-            await asyncio.gather(*running, return_exceptions=True)
+        await _cancel_all(running)
+
+
+async def _cancel_all(tasks: Collection[asyncio.Future[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each has finished (so none outlives its fan-out)."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import ssl
 import time
 from types import TracebackType
@@ -25,36 +24,17 @@ from yarl import URL
 
 from ._config import ClientConfig, normalize_base_url
 from ._responses import decode_response
+from ._transport import map_exception
 from .errors import (
-    APITimeoutError,
     ConfigurationError,
-    ConnectError,
-    ConnectionLostError,
-    ConnectRefusedError,
-    DNSError,
     InvalidArgumentError,
     PhalaKMSError,
     ResponseValidationError,
-    TLSError,
-    TransportError,
 )
 
 __all__ = ["PeerClient", "check_peer_url"]
 
 T = TypeVar("T")
-
-_TLS_ERRORS: tuple[type[BaseException], ...] = (
-    aiohttp.ClientConnectorCertificateError,
-    aiohttp.ClientConnectorSSLError,
-    aiohttp.ClientSSLError,
-    ssl.SSLError,
-)
-_LOST_ERRORS: tuple[type[BaseException], ...] = (
-    aiohttp.ServerDisconnectedError,
-    aiohttp.ClientPayloadError,
-    aiohttp.ClientOSError,
-    ConnectionError,
-)
 
 
 def check_peer_url(url: object, argument: str) -> str:
@@ -161,7 +141,16 @@ class PeerClient:
         except PhalaKMSError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise _map_exception(exc, url, self._config) from exc
+            parsed = URL(url)
+            raise map_exception(
+                exc,
+                method="POST",
+                url=url,
+                host=parsed.host,
+                port=parsed.port,
+                timeout=self._config.timeout,
+                connect_timeout=self._config.connect_timeout,
+            ) from exc
         return decode_response(
             status=status,
             headers=resp_headers,
@@ -190,28 +179,3 @@ class PeerClient:
                 )
             chunks.append(chunk)
         return b"".join(chunks)
-
-
-def _map_exception(exc: BaseException, url: str, config: ClientConfig) -> TransportError:
-    """An aiohttp/asyncio failure as the SDK's transport error (same classes as the API's)."""
-    parsed = URL(url)
-    where: dict[str, Any] = {"method": "POST", "url": url, "host": parsed.host, "port": parsed.port}
-    target = f"{parsed.host}:{parsed.port}"
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, aiohttp.ServerTimeoutError)):
-        return APITimeoutError(
-            f"POST {url} timed out after {config.timeout:g} s", timeout=config.timeout, **where
-        )
-    if isinstance(exc, _TLS_ERRORS):
-        return TLSError(f"TLS with {target} failed: {exc}", **where)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        os_error = getattr(exc, "os_error", None)
-        if isinstance(os_error, socket.gaierror):
-            return DNSError(f"could not resolve host {parsed.host!r}: {exc}", **where)
-        if isinstance(os_error, ConnectionRefusedError):
-            return ConnectRefusedError(f"connection to {target} refused", **where)
-        return ConnectError(f"could not connect to {target}: {exc}", **where)
-    if isinstance(exc, _LOST_ERRORS):
-        return ConnectionLostError(
-            f"connection to {target} lost before the response was complete: {exc}", **where
-        )
-    return TransportError(f"POST {url} failed: {type(exc).__name__}: {exc}", **where)

@@ -43,7 +43,7 @@ from .errors import (
     TransportError,
 )
 
-__all__ = ["RawResponse", "Transport"]
+__all__ = ["RawResponse", "Transport", "map_exception"]
 
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientConnectorError,)
 _DNS_ERROR: type[BaseException] | None = getattr(aiohttp, "ClientConnectorDNSError", None)
@@ -60,6 +60,77 @@ _LOST_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientOSError,
     ConnectionError,
 )
+
+
+def map_exception(
+    exc: BaseException,
+    *,
+    method: str,
+    url: str,
+    host: str | None,
+    port: int | None,
+    timeout: float,
+    connect_timeout: float,
+    attempts: int = 1,
+) -> TransportError:
+    """An aiohttp/asyncio failure as the SDK's transport error: the one mapping for the
+    API's requests and for those to KMS nodes and JSON-RPC endpoints (:mod:`._peer`).
+
+    Args:
+        exc: What aiohttp or asyncio raised.
+        method: The request's HTTP method.
+        url: The request's URL (no secrets in it).
+        host: The peer's host.
+        port: The peer's port.
+        timeout: The attempt's limit in seconds, named by a read timeout.
+        connect_timeout: The connect limit in seconds, named by a connect timeout.
+        attempts: The attempt's number, carried by the error.
+
+    Returns:
+        An :class:`APITimeoutError`, :class:`DNSError`, :class:`TLSError`,
+        :class:`ConnectRefusedError`, :class:`ConnectError`,
+        :class:`ConnectionLostError`, or else a plain :class:`TransportError`.
+    """
+    where: dict[str, Any] = {
+        "method": method,
+        "url": url,
+        "host": host,
+        "port": port,
+        "attempts": attempts,
+    }
+    target = f"{host}:{port}"
+    if _CONNECT_TIMEOUT is not None and isinstance(exc, _CONNECT_TIMEOUT):
+        return APITimeoutError(
+            f"connecting to {target} timed out after {connect_timeout:g} s",
+            timeout=connect_timeout,
+            **where,
+        )
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, aiohttp.ServerTimeoutError)):
+        return APITimeoutError(
+            f"{method} {url} timed out after {timeout:g} s", timeout=timeout, **where
+        )
+    if _DNS_ERROR is not None and isinstance(exc, _DNS_ERROR):
+        return DNSError(f"could not resolve host {host!r}: {exc}", **where)
+    if isinstance(exc, _TLS_ERRORS):
+        return TLSError(f"TLS with {target} failed: {exc}", **where)
+    if isinstance(exc, _CONNECT_ERRORS):
+        os_error = getattr(exc, "os_error", None)
+        if isinstance(os_error, socket.gaierror):
+            return DNSError(f"could not resolve host {host!r}: {exc}", **where)
+        if isinstance(os_error, ConnectionRefusedError):
+            return ConnectRefusedError(f"connection to {target} refused", **where)
+        if isinstance(os_error, (asyncio.TimeoutError, TimeoutError)):
+            return APITimeoutError(
+                f"connecting to {target} timed out after {connect_timeout:g} s",
+                timeout=connect_timeout,
+                **where,
+            )
+        return ConnectError(f"could not connect to {target}: {exc}", **where)
+    if isinstance(exc, _LOST_ERRORS):
+        return ConnectionLostError(
+            f"connection to {target} lost before the response was complete: {exc}", **where
+        )
+    return TransportError(f"{method} {url} failed: {type(exc).__name__}: {exc}", **where)
 
 
 def _trace_configs(value: object) -> tuple[aiohttp.TraceConfig, ...]:
@@ -279,46 +350,16 @@ class Transport:
         self, exc: BaseException, *, url: str, timeout: float, attempts: int
     ) -> PhalaKMSError:
         """Turn an aiohttp/asyncio failure into our transport error."""
-        where: dict[str, Any] = {
-            "method": "GET",
-            "url": url,
-            "host": self._host,
-            "port": self._port,
-            "attempts": attempts,
-        }
-        target = f"{self._host}:{self._port}"
-        if _CONNECT_TIMEOUT is not None and isinstance(exc, _CONNECT_TIMEOUT):
-            return APITimeoutError(
-                f"connecting to {target} timed out after {self._config.connect_timeout:g} s",
-                timeout=self._config.connect_timeout,
-                **where,
-            )
-        if isinstance(exc, (asyncio.TimeoutError, TimeoutError, aiohttp.ServerTimeoutError)):
-            return APITimeoutError(
-                f"GET {url} timed out after {timeout:g} s", timeout=timeout, **where
-            )
-        if _DNS_ERROR is not None and isinstance(exc, _DNS_ERROR):
-            return DNSError(f"could not resolve host {self._host!r}: {exc}", **where)
-        if isinstance(exc, _TLS_ERRORS):
-            return TLSError(f"TLS with {target} failed: {exc}", **where)
-        if isinstance(exc, _CONNECT_ERRORS):
-            os_error = getattr(exc, "os_error", None)
-            if isinstance(os_error, socket.gaierror):
-                return DNSError(f"could not resolve host {self._host!r}: {exc}", **where)
-            if isinstance(os_error, ConnectionRefusedError):
-                return ConnectRefusedError(f"connection to {target} refused", **where)
-            if isinstance(os_error, (asyncio.TimeoutError, TimeoutError)):
-                return APITimeoutError(
-                    f"connecting to {target} timed out after {self._config.connect_timeout:g} s",
-                    timeout=self._config.connect_timeout,
-                    **where,
-                )
-            return ConnectError(f"could not connect to {target}: {exc}", **where)
-        if isinstance(exc, _LOST_ERRORS):
-            return ConnectionLostError(
-                f"connection to {target} lost before the response was complete: {exc}", **where
-            )
-        return TransportError(f"GET {url} failed: {type(exc).__name__}: {exc}", **where)
+        return map_exception(
+            exc,
+            method="GET",
+            url=url,
+            host=self._host,
+            port=self._port,
+            timeout=timeout,
+            connect_timeout=self._config.connect_timeout,
+            attempts=attempts,
+        )
 
     async def _read_body(self, resp: aiohttp.ClientResponse, url: str, attempts: int) -> bytes:
         """Read the body: a success body up to ``max_response_bytes``, an error body

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from ._listen import LoopbackServer
 from ._thread import ServerThread
 
 __all__ = [
@@ -384,7 +385,7 @@ def _reply(
     return web.json_response(body)
 
 
-class FakeChainRPC:
+class FakeChainRPC(LoopbackServer):
     """JSON-RPC 2.0 over HTTP for a chain, on a loopback port.
 
     Attributes:
@@ -397,10 +398,7 @@ class FakeChainRPC:
     def __init__(self, evm: ChainBackend, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.evm = evm
         self.methods: list[str] = []
-        self._host = host
-        self._requested_port = port
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
+        super().__init__(host, port)
 
     @property
     def url(self) -> str:
@@ -436,37 +434,12 @@ class FakeChainRPC:
                 return _reply(rid, error={"code": -32602, "message": f"invalid params: {err}"})
         return _reply(rid, error={"code": -32601, "message": f"method not found: {method}"})
 
-    async def start(self) -> None:
-        """Listen on the loopback port.
-
-        Raises:
-            OSError: The address could not be bound.
-        """
+    def _make_runner(self) -> web.AppRunner:
         app = web.Application()
         app.router.add_post("/", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self._host, self._requested_port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
+        return web.AppRunner(app, access_log=None, handle_signals=False)
 
-    async def close(self) -> None:
-        """Stop listening; a no-op when not running."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> FakeChainRPC:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    _what = "fake chain RPC"
 
     @classmethod
     def in_thread(cls, evm: ChainBackend, **kwargs: Any) -> ThreadedFakeChainRPC:

@@ -321,6 +321,21 @@ def _retry_headers(
     return headers
 
 
+def error_body(message: str, error_code: str | None, request_id: str) -> dict[str, Any]:
+    """The API's error body: ``{"detail": message}`` without an ``error_code``, else the
+    structured ``{error_code, message, request_id, details, suggestions, links}``."""
+    if error_code is None:
+        return {"detail": message}
+    return {
+        "error_code": error_code,
+        "message": message,
+        "request_id": request_id,
+        "details": [],
+        "suggestions": [],
+        "links": [],
+    }
+
+
 def _status_response(fault: StatusFault, request_id: str) -> web.Response:
     headers = _retry_headers(request_id, fault.retry_after, fault.headers)
     message = fault.message if fault.message is not None else _phrase(fault.status)
@@ -332,19 +347,9 @@ def _status_response(fault: StatusFault, request_id: str) -> web.Response:
         ctype = fault.content_type or "text/plain"
         return web.Response(status=fault.status, text=body, content_type=ctype, headers=headers)
     if body is None:
-        if fault.error_code is None:
-            body = {"detail": message}
-        else:
-            body = {
-                "error_code": fault.error_code,
-                "message": message,
-                "request_id": request_id,
-                "details": [],
-                "suggestions": [],
-                "links": [],
-            }
-            if fault.nested:
-                body = {"detail": body}
+        body = error_body(message, fault.error_code, request_id)
+        if fault.nested and fault.error_code is not None:
+            body = {"detail": body}
     return web.Response(
         status=fault.status, text=dumps(body), content_type=JSON_CONTENT_TYPE, headers=headers
     )

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from .._constants import HEADER_REQUEST_ID
 from ._catalogue import JSON_CONTENT_TYPE, dumps
-from ._faults import RetryAfter, _phrase, _retry_after_header
+from ._faults import RetryAfter, _phrase, _retry_after_header, _retry_headers, error_body
 
 __all__ = ["Outage", "Pressure", "RateLimit"]
 
@@ -215,22 +215,9 @@ class Pressure:
 
 
 def _outage_response(outage: Outage, request_id: str) -> web.Response:
-    headers = {HEADER_REQUEST_ID: request_id}
-    if outage.retry_after is not None:
-        headers["Retry-After"] = _retry_after_header(outage.retry_after)
+    headers = _retry_headers(request_id, outage.retry_after, None)
     message = outage.message or _phrase(outage.status)
-    body: object
-    if outage.error_code is None:
-        body = {"detail": message}
-    else:
-        body = {
-            "error_code": outage.error_code,
-            "message": message,
-            "request_id": request_id,
-            "details": [],
-            "suggestions": [],
-            "links": [],
-        }
+    body = error_body(message, outage.error_code, request_id)
     return web.Response(
         status=outage.status, text=dumps(body), content_type=JSON_CONTENT_TYPE, headers=headers
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +18,7 @@ from ._app_ids import AppIdSequence
 from ._catalogue import Contract, app_id_bytes, build_catalogue, derive_app_key
 from ._faults import Fault
 from ._injections import FaultRegistry, Injection
+from ._listen import LoopbackServer
 from ._pressure import Outage, RateLimit
 from ._requests import RecordedRequest, RequestLog
 from ._routes import API_PREFIX, ROUTE_NAMES, KMSRoutes
@@ -30,7 +30,7 @@ DEFAULT_API_KEY = "phak_fake_0123456789abcdef"
 """The API key a :class:`FakeKMSServer` accepts unless given another."""
 
 
-class FakeKMSServer:
+class FakeKMSServer(LoopbackServer):
     """A fake Phala Cloud KMS API: a real aiohttp server on a loopback port.
 
     It serves every KMS route under ``/api/v1`` with the real API's behaviour: API key
@@ -111,8 +111,7 @@ class FakeKMSServer:
         """
         if first_nonce < 0 or signature_cache_size < 0 or request_log_size < 0:
             raise ValueError("first_nonce, signature_cache_size and request_log_size must be >= 0")
-        self._host = host
-        self._requested_port = port
+        super().__init__(host, port)
         self._api_key = api_key
         self._shutdown_timeout = shutdown_timeout
         self._catalogue = build_catalogue(
@@ -136,56 +135,19 @@ class FakeKMSServer:
             app_ids=self._app_ids,
             origin=lambda: self.url,
         )
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Bind the port and start serving.
-
-        Raises:
-            RuntimeError: the server is already running.
-            OSError: the address could not be bound.
-        """
-        if self._runner is not None:
-            raise RuntimeError("the fake server is already running")
-        runner = web.AppRunner(
+    def _make_runner(self) -> web.AppRunner:
+        return web.AppRunner(
             self._routes.build_app(),
             handle_signals=False,
             access_log=None,
             handler_cancellation=True,
             shutdown_timeout=self._shutdown_timeout,
         )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self._host, self._requested_port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
 
-    async def close(self) -> None:
-        """Stop serving and close every connection; a no-op when not running."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> FakeKMSServer:
-        """Start the server and return it."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Close the server."""
-        await self.close()
+    _what = "fake server"
 
     @classmethod
     def in_thread(cls, **kwargs: Any) -> ThreadedFakeKMSServer:
