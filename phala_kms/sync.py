@@ -116,7 +116,7 @@ class KMSClient:
         base_url: As for ``AsyncKMSClient`` (``PHALA_CLOUD_API_PREFIX`` by default).
         api_version: As for ``AsyncKMSClient``.
         timeout: Per-attempt limit in seconds (default 60).
-        max_retries: Retries for safe failures (default 3; 0 disables).
+        max_retries: Retries for safe failures (default 5; 0 disables).
         connect_timeout: TCP connect limit in seconds (default 10).
         retry_policy: Full control of retry timing, instead of ``max_retries``.
         max_connections: The connection pool size (default 100).
