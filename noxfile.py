@@ -1,11 +1,11 @@
-"""Developer sessions: `nox -s tests lint typing`, plus `stress` and `bench` on demand.
+"""Developer sessions: `nox -s tests lint typing`, plus `stress`, `bench` and `pressure` on demand.
 
 * tests: the suite on every installed Python 3.10-3.13, against the built wheel, with
   binary-only dependencies (what users install), not the source tree.
 * lint / typing: ruff (check and format check) and mypy --strict (the package, and
   tests/typing: typical user code type-checked against the public API).
 * stress: the bounded load test (not part of the default run).
-* bench: the benchmarks against bare aiohttp and the official `phala-cloud` SDK.
+* bench: the benchmarks against bare aiohttp, requests and the official `phala-cloud` SDK.
 * pressure: rate limits, outages, a full pool, streaming (benchmarks/pressure.py).
 """
 
@@ -117,10 +117,10 @@ def stress(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks: phala-kms vs bare aiohttp, requests and the official phala-cloud SDK (~5 min).
+    """Benchmarks: phala-kms vs bare aiohttp, requests and the official phala-cloud SDK (~8 min).
 
-    Arguments after ``--`` go to benchmarks/run.py (``--quick``, ``--rounds``, ``--only``,
-    ``--json``).
+    Arguments after ``--`` go to benchmarks/run.py (``--quick``, ``--rounds``,
+    ``--pc-rounds``, ``--only``, ``--json``).
     """
     session.install("-e", ".[cli,test,bench]")
     # phala-cloud pins pysha3, which does not build on Python 3.11+: install it without

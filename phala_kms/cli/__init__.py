@@ -185,7 +185,7 @@ _LAZY = {
     "describe_error": "_present",
     "exit_code_for": "_present",
     "read_env_file": "_envfile",
-    "to_jsonable": "_present",
+    "to_jsonable": "_output",
 }
 
 __getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY, __all__)

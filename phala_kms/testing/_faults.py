@@ -37,6 +37,7 @@ __all__ = [
     "RetryAfter",
     "StatusFault",
     "TruncatedJSONFault",
+    "error_body",
     "WrongShapeFault",
     "respond",
 ]

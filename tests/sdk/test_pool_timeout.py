@@ -146,17 +146,17 @@ def test_the_deadline_bounds_the_wait_for_a_connection(kind: str, server: FakeKM
     policy = RetryPolicy(deadline=0.15)
     started = time.monotonic()
     results = gather_calls(kind, server, max_connections=1, retry_policy=policy, timeout=5)
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 1.0
     waited = [r for r in results if isinstance(r, PoolTimeoutError)]
     assert all(err.pool_timeout is None and "deadline" in str(err) for err in waited)
-    # the one sent first had the deadline (not timeout=5) as its limit; a call whose
-    # deadline is a hair later may get the freed connection with what little is left,
-    # so how many reach the edge varies, but none was given more than the deadline
+    # The one sent first had the deadline (not timeout=5) as its limit. A call whose
+    # deadline is a hair later may get the freed connection with what little is left
+    # (how many do varies), but only one call was ever sent with real time to run.
     timed_out = [r for r in results if isinstance(r, APITimeoutError)]
     assert len(waited) + len(timed_out) == len(IDS)
-    assert timed_out and all(
-        err.timeout is not None and err.timeout <= policy.deadline for err in timed_out
-    )
+    limits = sorted(err.timeout or 0.0 for err in timed_out)
+    assert limits and limits[-1] <= policy.deadline
+    assert sum(limit > policy.deadline / 2 for limit in limits) == 1, limits
     assert 1 <= server.total_requests <= len(timed_out)
 
 

@@ -4,6 +4,7 @@ every name resolves (lazily loaded ones included)."""
 from __future__ import annotations
 
 import phala_kms
+import phala_kms.cli
 import phala_kms.testing
 from phala_kms import errors
 
@@ -23,6 +24,14 @@ def test_dir_lists_exactly_the_public_names() -> None:
     assert dir(phala_kms.testing) == sorted(phala_kms.testing.__all__)
     for name in phala_kms.testing.__all__:
         assert getattr(phala_kms.testing, name) is not None
+
+
+def test_every_name_the_cli_package_exports_resolves() -> None:
+    # most load lazily, from the module that now holds them
+    assert phala_kms.cli.__all__
+    for name in phala_kms.cli.__all__:
+        assert getattr(phala_kms.cli, name) is not None, name
+    assert phala_kms.cli.to_jsonable((1, None)) == [1, None]
 
 
 def test_the_trusted_signer_and_testing_helpers_are_public() -> None:
