@@ -403,15 +403,17 @@ async def test_the_client_estimates_the_servers_rate() -> None:
     # The fake runs on this test's loop, not in a thread: a fake in a thread of the
     # client's process shares its GIL, so the two take turns and the refusals land at
     # times no remote server would produce (the estimate then misses, or is None).
+    # 200 req/s leaves the client headroom on a busy machine: at 400 req/s, with both
+    # cores taken by other work, a starved client fitted 83 req/s in 2 runs of 8.
     ids = [f"{i:040x}" for i in range(1, 401)]
     async with FakeKMSServer(host="127.0.0.1", port=0) as server:
-        server.rate_limit = RateLimit(rate=400, burst=20, retry_after=0.1)
+        server.rate_limit = RateLimit(rate=200, burst=20, retry_after=0.1)
         async with AsyncKMSClient(server.api_key, server.base_url) as client:
             await client.get_app_env_encrypt_pubkeys("phala", ids, concurrency=16)
             adaptive = client._throttle.adaptive
     assert adaptive.mode != "off"
     assert adaptive.throttles >= 2
-    assert adaptive.estimate is not None and 200 <= adaptive.estimate <= 600
+    assert adaptive.estimate is not None and 150 <= adaptive.estimate <= 250
 
 
 # --------------------------------------------------------------------------- the fixed cap
