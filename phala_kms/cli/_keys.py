@@ -135,7 +135,8 @@ def _anchor_rows(signer: TrustedSigner) -> list[tuple[str, Any]]:
     help="Fetch the key straight from this KMS node (POST URL/prpc/GetAppEnvEncryptPubKey?json)"
     " instead of the Cloud API, and verify it against the anchors exactly like the API's"
     " (so it needs a signer). https, or http to loopback only; --ca-file adds a CA for its"
-    " TLS. The API key is never sent to the node.",
+    " TLS. The API key is never sent to the node, and is not needed unless an anchor asks the"
+    " API (--trust-api, --anchor chain or node without --node-url).",
 )
 @trust_options
 def pubkey_command(
@@ -162,7 +163,9 @@ def pubkey_command(
     trust.check(node_needed=from_node is not None)
     normalized = app_id_hex(app_id)
     node_url = check_peer_url(from_node, "from_node") if from_node is not None else None
-    with settings.sync_client() as client:
+    # the key from a node and a pinned signer need no API key: only an anchor that asks
+    # the API does (then the API request fails with the no-key hint)
+    with settings.sync_client(require_api_key=node_url is None) as client:
         signer = resolve_signer(client, kms, trust)
         if node_url is not None:
             assert signer is not None  # a source is named (checked above)

@@ -114,21 +114,31 @@ class Settings:
             )
         return self.api_key
 
-    def client_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of ``KMSClient`` / ``AsyncKMSClient`` for these settings."""
+    def client_kwargs(self, *, require_api_key: bool = True) -> dict[str, Any]:
+        """The keyword arguments of ``KMSClient`` / ``AsyncKMSClient`` for these settings.
+
+        Args:
+            require_api_key: Fail now when no key is configured; ``False`` for a command
+                that may not need the API at all (a client without a key raises
+                ``ConfigurationError`` on its first API request).
+
+        Raises:
+            Failure: ``require_api_key`` and no key is configured.
+        """
         return {
-            "api_key": self.require_api_key(),
+            "api_key": self.require_api_key() if require_api_key else self.api_key,
             "base_url": self.base_url,
             "api_version": self.api_version,
             "timeout": self.timeout,
             "max_retries": self.max_retries,
         }
 
-    def sync_client(self) -> KMSClient:
-        """A blocking client for these settings (use it as a context manager)."""
+    def sync_client(self, *, require_api_key: bool = True) -> KMSClient:
+        """A blocking client for these settings (use it as a context manager); see
+        :meth:`client_kwargs` for ``require_api_key``."""
         from ..sync import KMSClient
 
-        return KMSClient(**self.client_kwargs())
+        return KMSClient(**self.client_kwargs(require_api_key=require_api_key))
 
     def async_client(self) -> AsyncKMSClient:
         """An asyncio client for these settings (use it as an async context manager)."""

@@ -76,6 +76,25 @@ def test_with_the_api_down_a_pinned_signer_and_a_node_suffice(server: FakeKMSSer
     assert server.outage_count == 0
 
 
+def test_a_node_and_a_pinned_signer_need_no_api_key(
+    server: FakeKMSServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PHALA_CLOUD_API_KEY", raising=False)
+    env = {"PHALA_CLOUD_API_PREFIX": server.base_url}
+    args = ["--json", "pubkey", "base", APP_ID, "--from-node", server.node_url(NODE)]
+    pinned = ["--trusted-signer", server.k256_pubkey_for("base")]
+    result = CliRunner().invoke(cli, args + pinned, env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["public_key"] == server.app_public_key("base", APP_ID).hex()
+    assert len(node_requests(server)) == server.total_requests == 1  # the API was not asked
+    # an anchor that asks the API still needs the key: refused with the usual hint,
+    # before anything is sent
+    asks_api = CliRunner().invoke(cli, [*args, "--trust-api"], env=env, catch_exceptions=False)
+    assert asks_api.exit_code == ExitCode.AUTH, asks_api.output
+    assert "PHALA_CLOUD_API_KEY" in hint(asks_api)
+    assert server.total_requests == 1
+
+
 def test_the_node_anchor_and_the_node_key_together(server: FakeKMSServer) -> None:
     url = server.node_url(NODE)
     result = invoke(
