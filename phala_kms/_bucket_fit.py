@@ -8,7 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-__all__ = ["first_refused", "fit_server_rate"]
+__all__ = ["FLOOR_SPAN", "accepted_rate_floor", "first_refused", "fit_server_rate"]
+
+FLOOR_SPAN = 1.0
+"""Seconds of history :func:`accepted_rate_floor` needs before it bounds anything."""
+
+
+def accepted_rate_floor(accepted: int, burst: float, span: float) -> float:
+    """The least fill rate at which a token bucket of at most ``burst`` tokens (full at
+    the start) could have accepted ``accepted`` requests in ``span`` seconds: it accepts
+    at most ``burst + rate * span``, so ``rate >= (accepted - burst) / span``.
+
+    Returns:
+        Requests per second; ``0.0`` over less than :data:`FLOOR_SPAN` seconds (the
+        burst dominates) or when ``accepted`` is within the burst.
+    """
+    if not span >= FLOOR_SPAN:
+        return 0.0
+    return max(0.0, (accepted - max(1.0, burst)) / span)
 
 
 def first_refused(

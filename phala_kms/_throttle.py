@@ -25,9 +25,11 @@ for one call:
     of that burst to the send times since the gate last opened: the fill rate that
     refuses exactly the request that was refused
     (:func:`._bucket_fit.fit_server_rate`; a refusal of an earlier request that
-    arrives later refines it). The fill rate drops to :data:`FIT_MARGIN` of that
-    estimate (of :data:`PROBE_FIT_MARGIN` of it, twice, after the probe, whose fast
-    ramp makes the fit rougher) or, when no estimate fits, to :data:`BETA` (0.7)
+    arrives later refines it), never below what the server has demonstrably accepted
+    (:func:`._bucket_fit.accepted_rate_floor`, which guards a fit skewed by a starved
+    client: 83 req/s against 400 was seen). The fill rate drops to :data:`FIT_MARGIN`
+    of that estimate (of :data:`PROBE_FIT_MARGIN` of it, twice, after the probe, whose
+    fast ramp makes the fit rougher) or, when no estimate fits, to :data:`BETA` (0.7)
     times the send rate; then it climbs back along a cubic curve (as in CUBIC and
     the AWS SDKs): fast at first, flat around the estimate, then probing above it,
     so a server that accepts more is found again. How slowly it climbs scales with
@@ -66,7 +68,7 @@ from typing import TYPE_CHECKING, Literal
 
 import attrs
 
-from ._bucket_fit import fit_server_rate
+from ._bucket_fit import accepted_rate_floor, fit_server_rate
 from ._retry import is_throttle
 from .errors import PoolTimeoutError
 
@@ -199,6 +201,8 @@ class AdaptiveRate:
     _recovery: float = MIN_RECOVERY
     _tokens: float = 0.0
     _filled_at: float = -math.inf
+    _first_sent: float = math.inf  # when the first request was sent
+    _accepted: int = 0  # requests that succeeded
 
     def rate(self, now: float) -> float | None:
         """The fill rate at ``now`` in requests per second, or ``None`` when not pacing."""
@@ -256,6 +260,8 @@ class AdaptiveRate:
 
     def on_sent(self, now: float) -> None:
         """Record that a request was sent at ``now``."""
+        if now < self._first_sent:
+            self._first_sent = now
         sends = self._sends
         sends.append(now)
         if len(sends) > 4 * FIT_WINDOW:
@@ -268,6 +274,7 @@ class AdaptiveRate:
         it counts toward what got through before it (its answer may arrive after the
         throttle's).
         """
+        self._accepted += 1
         if self.throttles == 0:
             oks = self._oks
             oks.append((sent_at, sent_at if now is None else now))
@@ -295,7 +302,7 @@ class AdaptiveRate:
         sends = self._sends
         refused = bisect.bisect_left(sends, sent_at)
         current = self.rate(now)
-        fitted = None if self.throttles == 0 else self._fit(sends, self._episode, refused)
+        fitted = None if self.throttles == 0 else self._fit(sends, self._episode, refused, now)
         margin = PROBE_FIT_MARGIN if self.mode == "probe" else FIT_MARGIN
         if fitted is not None and self.mode == "probe":
             fitted *= margin
@@ -355,7 +362,7 @@ class AdaptiveRate:
         sends, episode, refused_at, fitted = last
         if not episode <= sent_at < refused_at:
             return
-        refit = self._fit(sends, episode, bisect.bisect_left(sends, sent_at))
+        refit = self._fit(sends, episode, bisect.bisect_left(sends, sent_at), now)
         if refit is None:
             return
         margin = FIT_MARGIN
@@ -366,7 +373,7 @@ class AdaptiveRate:
         self._enter_cubic(refit, margin * refit)
         self._last_fit = (sends, episode, sent_at, refit)
 
-    def _fit(self, sends: list[float], episode: float, refused: int) -> float | None:
+    def _fit(self, sends: list[float], episode: float, refused: int, now: float) -> float | None:
         first = max(0, refused - FIT_WINDOW)
         start = episode if first == 0 else sends[first - 1]
         span = self._through_span
@@ -383,7 +390,8 @@ class AdaptiveRate:
                 sends[first : refused + 1], refused - first, start=start, burst=self._through
             )
         if fitted is not None:
-            self.estimate = max(fitted, MIN_RATE)
+            floor = accepted_rate_floor(self._accepted, self._through, now - self._first_sent)
+            self.estimate = max(fitted, floor, MIN_RATE)
             self.burst = max(1.0, self._through - span * self.estimate)
             return self.estimate
         return None

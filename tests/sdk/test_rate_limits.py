@@ -25,7 +25,8 @@ from phala_kms import (
     RateLimitError,
     RetryPolicy,
 )
-from phala_kms._bucket_fit import fit_server_rate
+from phala_kms import _throttle as throttle_module
+from phala_kms._bucket_fit import FLOOR_SPAN, accepted_rate_floor, fit_server_rate
 from phala_kms._retry import is_throttle
 from phala_kms._throttle import (
     MIN_RATE,
@@ -130,6 +131,38 @@ def test_the_fit_gives_up_when_no_token_bucket_explains_it(
     sends: list[float], refused: int, burst: float
 ) -> None:
     assert fit_server_rate(sends, refused, start=0.0, burst=burst) is None
+
+
+@pytest.mark.parametrize(
+    ("accepted", "burst", "span", "floor"),
+    [
+        (630, 30.0, 3.0, 200.0),  # 600 beyond the burst in 3 s: at least 200/s
+        (630, 30.0, FLOOR_SPAN / 2, 0.0),  # too short a history: the burst dominates
+        (20, 30.0, 3.0, 0.0),  # all within the burst: no bound
+        (5, 0.0, 2.0, 2.0),  # a bucket holds at least one request
+    ],
+)
+def test_what_the_server_accepted_bounds_its_rate_from_below(
+    accepted: int, burst: float, span: float, floor: float
+) -> None:
+    assert accepted_rate_floor(accepted, burst, span) == pytest.approx(floor)
+
+
+def test_a_fit_below_what_the_server_accepted_is_raised_to_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a starved client's send times can fit a rate far below the server's (83 req/s
+    # against 400 was seen); what the server accepted since the first request says
+    # it is at least (accepted - burst) / time
+    rate = AdaptiveRate()
+    drive(rate, [0.0] * 30)  # 30 got through before the first throttle
+    rate.take(0.0)
+    rate.on_throttle(0.01, 0.0, resume_at=1.0)
+    drive(rate, [1.0 + i / 300 for i in range(600)])  # then 300/s for 2 s
+    monkeypatch.setattr(throttle_module, "fit_server_rate", lambda *_a, **_k: 10.0)
+    rate.take(3.0)
+    assert rate.on_throttle(3.01, 3.0, resume_at=4.0)
+    assert rate.estimate == pytest.approx((630 - 30) / 3.01)
 
 
 def drive(rate: AdaptiveRate, times: list[float]) -> None:
