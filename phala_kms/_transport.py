@@ -346,21 +346,6 @@ class Transport:
             return
         await session.close()
 
-    def _map_exception(
-        self, exc: BaseException, *, url: str, timeout: float, attempts: int
-    ) -> PhalaKMSError:
-        """Turn an aiohttp/asyncio failure into our transport error."""
-        return map_exception(
-            exc,
-            method="GET",
-            url=url,
-            host=self._host,
-            port=self._port,
-            timeout=timeout,
-            connect_timeout=self._config.connect_timeout,
-            attempts=attempts,
-        )
-
     async def _read_body(self, resp: aiohttp.ClientResponse, url: str, attempts: int) -> bytes:
         """Read the body: a success body up to ``max_response_bytes``, an error body
         (status >= 300) up to ``MAX_ERROR_BODY_BYTES`` (64 KiB), after decompression.
@@ -530,4 +515,13 @@ class Transport:
                 raise ClientStateError(
                     f"the client was closed while GET {url} was in flight"
                 ) from exc
-            raise self._map_exception(exc, url=url, timeout=timeout, attempts=attempts) from exc
+            raise map_exception(
+                exc,
+                method="GET",
+                url=url,
+                host=self._host,
+                port=self._port,
+                timeout=timeout,
+                connect_timeout=self._config.connect_timeout,
+                attempts=attempts,
+            ) from exc
