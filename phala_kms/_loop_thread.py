@@ -27,6 +27,7 @@ from anyio.from_thread import BlockingPortal
 from .errors import ClientStateError
 
 if TYPE_CHECKING:
+    from ._config import ClientConfig
     from .client import AsyncKMSClient
 
 __all__ = ["Call", "LoopThread"]
@@ -62,13 +63,22 @@ def _run_portal(ready: concurrent.futures.Future[_Started]) -> None:
 
 
 class LoopThread:
-    """The portal thread and the async client living on it; holds no reference to KMSClient."""
+    """The portal thread and the async client living on it; holds no reference to KMSClient.
+
+    Args:
+        make_client: Makes the client: once now, and again in a child after ``fork()``.
+
+    Attributes:
+        config: The client's resolved settings (the same for every client it makes).
+        closed: Whether :meth:`shutdown` has run.
+    """
 
     def __init__(self, make_client: Callable[[], AsyncKMSClient]) -> None:
         self._make_client = make_client
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._client: AsyncKMSClient | None = make_client()
+        self.config: ClientConfig = self._client.config
         self._portal: BlockingPortal | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -176,8 +176,7 @@ class KMSClient:
             max_requests_per_second=max_requests_per_second,
         )
         self._loop = LoopThread(make_client)
-        assert self._loop._client is not None
-        self._config = self._loop._client.config
+        self._config = self._loop.config
         self._finalizer = weakref.finalize(self, self._loop.shutdown)
 
     @property
